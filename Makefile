@@ -1,0 +1,47 @@
+# make demo: the whole path on the bundled digits dataset, no internet, no hardware.
+# make test: the test suite, with the real converter, interpreters, compilers and ptys.
+# Both create .venv on their own; system tools come from Debian (apt-get, as root or via sudo).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= out
+SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi socat shellcheck openssh-server openssh-client
+SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen
+
+.PHONY: all venv system-deps demo test bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[build,device,dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# Compilers and tools the tests run for real. Skips apt when every tool is already there.
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do \
+	  command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages for:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) \
+	  || { echo "could not install$$missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)'"; exit 1; }; \
+	fi
+
+demo: venv
+	$(BIN)/python -m build_model --dataset digits --out $(OUT)/digits --force
+
+test: venv system-deps
+	$(BIN)/python -m pytest -q
+
+bench: venv system-deps
+	$(BIN)/python bench/build_bench.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

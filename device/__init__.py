@@ -1,0 +1,9 @@
+"""tinysense device side: runs a bundle's int8 model on a Raspberry Pi.
+
+Only numpy, the LiteRT interpreter and pyserial are needed here; nothing in this
+package imports TensorFlow, Keras or build_model.
+"""
+
+
+class DeviceError(Exception):
+    """A problem the user can fix; the CLI prints it as one line."""

@@ -1,0 +1,63 @@
+"""Write files and whole output folders so that a failure leaves nothing half written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from . import DeviceError
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse a non-empty folder without --force, and a parent we cannot write into."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DeviceError(f"{out} exists and is not a folder: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise DeviceError(f"{out} exists and is not empty: pass --force to replace it, or choose another --out")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise DeviceError(f"cannot write {out}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise DeviceError(f"cannot write {out}: {parent} is not writable; choose another --out")
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a fresh folder beside ``out``; on success it replaces ``out`` in one rename.
+
+    On any exception the staged folder is removed and ``out`` is left as it was.
+    """
+    out = Path(out)
+    check_output_dir(out, force)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.resolve().parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Read what a .tflite holds: operators, their tensor types, and the I/O tensors.
+
+Uses the flatbuffer schema that ships with ai-edge-litert, so no TensorFlow is needed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import ExportError
+
+FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+    return schema
+
+
+def _names(enum_cls) -> dict[int, str]:
+    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str  # builtin name such as CONV_2D, or the custom code
+    custom: bool
+    input_types: tuple[str, ...]
+    output_types: tuple[str, ...]
+
+    @property
+    def is_float(self) -> bool:
+        return bool(FLOAT_TYPES & set(self.input_types + self.output_types))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    ops: tuple[Op, ...]  # one per operator in the graph, in execution order
+    input_types: tuple[str, ...]
+    output_types: tuple[str, ...]
+
+    @property
+    def op_names(self) -> list[str]:
+        """Distinct operator names, sorted."""
+        return sorted({op.name for op in self.ops})
+
+    @property
+    def float_ops(self) -> list[str]:
+        return sorted({op.name for op in self.ops if op.is_float})
+
+    @property
+    def custom_ops(self) -> list[str]:
+        return sorted({op.name for op in self.ops if op.custom})
+
+
+def is_tflite(data: bytes) -> bool:
+    """True when the bytes carry the TFLite flatbuffer identifier ``TFL3``."""
+    return len(data) >= 8 and data[4:8] == b"TFL3"
+
+
+def read(data: bytes) -> ModelInfo:
+    """Parse the flatbuffer; raise ExportError when it is not a readable TFLite model."""
+    if not is_tflite(data):
+        raise ExportError("not a TFLite model (no TFL3 identifier): give a .tflite file written by the converter")
+    schema = _schema()
+    op_names, type_names = _names(schema.BuiltinOperator), _names(schema.TensorType)
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        codes = []
+        for i in range(model.OperatorCodesLength()):
+            oc = model.OperatorCodes(i)
+            code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+            if code == schema.BuiltinOperator.CUSTOM:
+                codes.append(((oc.CustomCode() or b"?").decode(), True))
+            else:
+                codes.append((op_names.get(code, f"BUILTIN_{code}"), False))
+        if model.SubgraphsLength() < 1:
+            raise ExportError("the model has no subgraph: it is empty or truncated")
+        ops = []
+        for s in range(model.SubgraphsLength()):
+            g = model.Subgraphs(s)
+            types = [type_names.get(g.Tensors(t).Type(), "?") for t in range(g.TensorsLength())]
+
+            def tt(indices):
+                return tuple(types[i] for i in indices if i >= 0)
+
+            for o in range(g.OperatorsLength()):
+                op = g.Operators(o)
+                name, custom = codes[op.OpcodeIndex()]
+                ops.append(Op(name, custom, tt(op.InputsAsNumpy()), tt(op.OutputsAsNumpy())))
+        main = model.Subgraphs(0)
+        main_types = [type_names.get(main.Tensors(t).Type(), "?") for t in range(main.TensorsLength())]
+        inputs = tuple(main_types[i] for i in main.InputsAsNumpy())
+        outputs = tuple(main_types[i] for i in main.OutputsAsNumpy())
+    except ExportError:
+        raise
+    except Exception as e:  # a truncated buffer fails in struct, numpy or index arithmetic
+        raise ExportError(f"the TFLite flatbuffer is damaged or truncated ({type(e).__name__}): export it again") from None
+    return ModelInfo(tuple(ops), inputs, outputs)
+
+
+def resolver_method(op_name: str) -> str:
+    """TFLM's MicroMutableOpResolver method for an operator: CONV_2D -> AddConv2D."""
+    word = op_name.replace("TFLite", "")
+    parts = [p for p in re.split(r"[_-]", word) if p]
+    out = "".join(p[0].upper() + p[1:].lower() if p[0].isalpha() and len(p) > 1 else p.upper() for p in parts)
+    return "Add" + out

@@ -1,0 +1,99 @@
+"""The real TensorFlow Lite Micro interpreter (the tflite-micro package), run on the host.
+
+Used to decide whether TFLM can run a model, to measure the tensor arena and to
+produce golden outputs. The recording allocator prints its report on the C-level
+stderr, so that file descriptor is captured around the call.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ExportError
+from .capture import captured
+
+# Generous first try; the recorded figure, not this, is what gets reported.
+PROBE_ARENA_BYTES = 8 * 1024 * 1024
+
+
+def _runtime():
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError:
+        raise ExportError("the tflite-micro package is not installed: pip install 'tinysense[build]'") from None
+    return runtime
+
+
+@dataclass
+class MicroModel:
+    """A model loaded in TFLM with a given arena; ``run`` takes and returns raw tensors."""
+
+    interpreter: object
+    arena_bytes: int
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.interpreter.set_input(x, 0)
+        self.interpreter.invoke()
+        return np.array(self.interpreter.get_output(0))
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self.interpreter.get_input_details(0)["dtype"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.interpreter.get_input_details(0)["shape"])
+
+
+def load(model: bytes, arena_bytes: int = PROBE_ARENA_BYTES) -> MicroModel:
+    """Create the TFLM interpreter; raise ExportError with TFLM's own reason when it cannot."""
+    runtime = _runtime()
+    with captured() as err:
+        try:
+            it = runtime.Interpreter.from_bytes(model, arena_size=arena_bytes)
+        except (RuntimeError, ValueError) as e:
+            failure = str(e)
+        else:
+            failure = None
+    if failure is not None:
+        raise ExportError(f"TensorFlow Lite Micro cannot run this model: {_reason(err[0], failure)}")
+    return MicroModel(it, arena_bytes)
+
+
+def _reason(log: str, fallback: str) -> str:
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip() and "RecordingMicroAllocator" not in ln]
+    found = [ln for ln in lines if "Didn't find op" in ln or "not supported" in ln.lower() or "type" in ln.lower()]
+    return (found or lines or [fallback.strip() or "unknown error"])[0][:200]
+
+
+def can_run(model: bytes) -> tuple[bool, str]:
+    """Whether TFLM can allocate and invoke the model once on a zero input, and why not."""
+    try:
+        m = load(model)
+        x = np.zeros(m.input_shape, m.input_dtype)
+        with captured() as err:
+            try:
+                m.run(x)
+                ok = None
+            except (RuntimeError, ValueError) as e:
+                ok = str(e)
+        if ok is not None:
+            return False, _reason(err[0], ok)
+    except ExportError as e:
+        return False, str(e)
+    return True, ""
+
+
+def recorded_arena_bytes(model: bytes, sample: np.ndarray) -> int:
+    """Bytes of arena TFLM's recording allocator used after one invoke on ``sample``."""
+    m = load(model)
+    m.run(sample)
+    with captured() as err:
+        m.interpreter.print_allocations()
+    found = re.search(r"Arena allocation total (\d+) bytes", err[0])
+    if not found:
+        raise ExportError("TFLM did not report its arena use; is tflite-micro too old?")
+    return int(found.group(1))

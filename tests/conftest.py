@@ -1,0 +1,40 @@
+"""Shared fixtures: one real digits bundle per session, the shared MLPerf model, and tool checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MODELS = ROOT.parent / "shared" / "models" / "mlperf-tiny-ic"
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; skip when it is missing, except in CI where a missing tool is a failure."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is missing in CI: 'make system-deps' should have installed it")
+    pytest.skip(f"{name} is not installed (make system-deps installs it)")
+
+
+@pytest.fixture(scope="session")
+def mlperf_dir() -> Path:
+    if not (SHARED_MODELS / "pretrainedResnet_quant.tflite").is_file():
+        pytest.skip("../shared/models/mlperf-tiny-ic is absent")
+    return SHARED_MODELS
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory) -> Path:
+    """A real bundle: digits, every variant, a few epochs (about 15 s)."""
+    from build_model.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "digits"
+    assert main(["--dataset", "digits", "--out", str(out), "--epochs", "6", "--fine-tune-epochs", "1",
+                 "--quiet"]) == 0
+    return out
