@@ -27,14 +27,21 @@ def small_cnn(input_shape: tuple[int, ...], classes: int) -> "keras.Model":
 
 
 def sensor_cnn(input_shape: tuple[int, ...], classes: int) -> "keras.Model":
-    """Two 1-D convolutions over (steps, channels), global average pooling, softmax."""
+    """A 1-D CNN over (steps, channels), written with 2-D layers and k x 1 kernels.
+
+    tensorflow-model-optimization cannot quantize-aware-train Conv1D, and the
+    converter lowers Conv1D to CONV_2D anyway, so this is the same network in a
+    form every variant (QAT, pruning, clustering) accepts.
+    """
     L = keras.layers
+    steps, channels = input_shape
     return keras.Sequential([
         L.Input(input_shape),
-        L.Conv1D(16, 5, padding="same", activation="relu"),
-        L.MaxPooling1D(2),
-        L.Conv1D(32, 5, padding="same", activation="relu"),
-        L.GlobalAveragePooling1D(),
+        L.Reshape((steps, 1, channels)),
+        L.Conv2D(16, (5, 1), padding="same", activation="relu"),
+        L.MaxPooling2D((2, 1)),
+        L.Conv2D(32, (5, 1), padding="same", activation="relu"),
+        L.GlobalAveragePooling2D(),
         L.Dense(classes, activation="softmax"),
     ], name="sensor_cnn")
 
