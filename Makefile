@@ -36,6 +36,7 @@ system-deps:
 
 demo: venv
 	$(BIN)/python -m build_model --dataset digits --out $(OUT)/digits --force
+	$(BIN)/python -m device.demo $(OUT)/digits
 
 test: venv system-deps
 	$(BIN)/python -m pytest -q

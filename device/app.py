@@ -1,0 +1,173 @@
+"""The classification loop: capture -> preprocess -> invoke -> postprocess -> send, on a fixed period.
+
+Scheduling uses ``time.monotonic``. A frame that takes longer than the period is a
+deadline miss; after a stall the schedule jumps to the next future tick instead of
+bursting to catch up. Timing histories are bounded so memory stays flat for months.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .preprocess import FrameError, Preprocessor
+from .protocol import STAGES, UNKNOWN, Encoder
+from .quant import dequantize
+from .runtime import Model
+from .sources import CaptureError
+
+HISTORY = 2048  # frames of timing kept for percentiles
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    period: float = 1.0  # seconds between frame starts; 0 runs as fast as possible
+    max_frames: int | None = None
+    duration: float | None = None  # seconds
+    topk: int = 3
+    smoothing: int = 1  # average the scores of the last N predictions
+    threshold: float = 0.0  # below this score the label is "unknown"
+    status_every: float = 10.0  # seconds between status messages
+
+
+def _pct(values, q: float) -> float:
+    return round(float(np.percentile(values, q)), 4) if len(values) else 0.0
+
+
+@dataclass
+class Stats:
+    frames: int = 0  # frames taken (each gets a seq)
+    predictions: int = 0
+    bad_frames: int = 0  # wrong shape, capture hiccups: counted and skipped
+    misses: int = 0  # frames that took longer than the period
+    correct: int = 0  # predictions that matched a replayed label
+    labelled: int = 0
+    started: float = field(default_factory=time.monotonic)
+    stage_ms: dict = field(default_factory=lambda: {s: collections.deque(maxlen=HISTORY) for s in (*STAGES, "send")})
+    total_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY))
+
+    def status(self, sink, period: float) -> dict:
+        msg = {"type": "status", "frames": self.frames, "predictions": self.predictions,
+               "bad_frames": self.bad_frames, "misses": self.misses, "drops": sink.drops,
+               "reconnects": sink.reconnects, "period": period,
+               "uptime": round(time.monotonic() - self.started, 3),
+               "latency_ms": {"p50": _pct(self.total_ms, 50), "p99": _pct(self.total_ms, 99)},
+               "stages_ms": {s: _pct(v, 50) for s, v in self.stage_ms.items()}}
+        if self.labelled:
+            msg["accuracy"] = round(self.correct / self.labelled, 6)
+        return msg
+
+
+class Classifier:
+    """Scores from the model's raw output, smoothed and thresholded."""
+
+    def __init__(self, model: Model, labels, cfg: RunConfig):
+        self.labels = list(labels)
+        self.scale, self.zero_point = model.output.scale, model.output.zero_point
+        self.k = max(1, min(cfg.topk, len(self.labels)))
+        self.threshold = cfg.threshold
+        self.recent: collections.deque = collections.deque(maxlen=max(cfg.smoothing, 1))
+
+    def __call__(self, raw: np.ndarray) -> tuple[str, float, list, int]:
+        scores = dequantize(raw.reshape(-1), self.scale, self.zero_point)
+        if self.recent.maxlen > 1:
+            self.recent.append(scores)
+            scores = np.mean(self.recent, axis=0)
+        top = np.argpartition(-scores, self.k - 1)[:self.k]
+        top = top[np.argsort(-scores[top])]
+        best = int(top[0])
+        score = float(scores[best])
+        label = self.labels[best] if score >= self.threshold else UNKNOWN
+        return label, score, [[self.labels[i], round(float(scores[i]), 4)] for i in top], best
+
+
+def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: RunConfig,
+        stop: threading.Event | None = None, labels=None, hello: bytes = b"") -> Stats:
+    """Classify frames from ``source`` until it ends, ``stop`` is set, or a limit is reached.
+
+    ``hello`` goes out before every status message, so a receiver that joined late
+    (or whose port open flushed the reconnect hello) still learns the labels.
+    """
+    stop = stop or threading.Event()
+    classify = Classifier(model, labels or encoder.labels, cfg)
+    stats = Stats()
+    clock = time.monotonic
+    period = cfg.period
+    next_tick = clock()
+    next_status = next_tick + cfg.status_every
+    end = next_tick + cfg.duration if cfg.duration else None
+    frames = iter(source)
+    while not stop.is_set():
+        if cfg.max_frames is not None and stats.frames >= cfg.max_frames:
+            break
+        now = clock()
+        if end is not None and now >= end:
+            break
+        if period > 0 and now < next_tick:
+            if stop.wait(next_tick - now):
+                break
+        t0 = clock()
+        seq = stats.frames
+        try:
+            frame = next(frames)
+        except StopIteration:
+            break
+        except CaptureError as e:
+            stats.frames += 1
+            stats.bad_frames += 1
+            sink.send(encoder.encode({"type": "skip", "seq": seq, "t": time.time(), "reason": str(e)}))
+            next_tick = _advance(next_tick, period, clock())
+            continue
+        stats.frames += 1
+        t1 = clock()
+        try:
+            x = pre(frame.data)
+        except FrameError as e:
+            stats.bad_frames += 1
+            sink.send(encoder.encode({"type": "skip", "seq": seq, "t": time.time(), "reason": str(e)}))
+            next_tick = _advance(next_tick, period, clock())
+            continue
+        t2 = clock()
+        raw = model.run(x)
+        t3 = clock()
+        label, score, topk, best = classify(raw)
+        t4 = clock()
+        ms = {"capture": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "invoke": (t3 - t2) * 1e3,
+              "postprocess": (t4 - t3) * 1e3}
+        msg = {"type": "prediction", "seq": seq, "t": time.time(), "label": label, "score": round(score, 4),
+               "topk": topk, "ms": {k: round(v, 4) for k, v in ms.items()}}
+        if frame.truth is not None:
+            msg["truth"] = frame.truth
+            stats.labelled += 1
+            stats.correct += int(best == frame.truth)
+        sink.send(encoder.encode(msg))
+        t5 = clock()
+        stats.predictions += 1
+        for stage, value in ms.items():
+            stats.stage_ms[stage].append(value)
+        stats.stage_ms["send"].append((t5 - t4) * 1e3)
+        stats.total_ms.append((t5 - t0) * 1e3)
+        if period > 0 and t5 - t0 > period:
+            stats.misses += 1
+        if t5 >= next_status:
+            if hello:
+                sink.send(hello)
+            sink.send(encoder.encode(stats.status(sink, period)))
+            next_status = t5 + cfg.status_every
+        next_tick = _advance(next_tick, period, clock())
+    sink.send(encoder.encode(stats.status(sink, period)))
+    return stats
+
+
+def _advance(tick: float, period: float, now: float) -> float:
+    """The next tick after ``tick``; when already past it, the first tick in the future (no bursts)."""
+    if period <= 0:
+        return now
+    tick += period
+    if now > tick:
+        tick += np.ceil((now - tick) / period) * period
+    return tick

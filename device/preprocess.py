@@ -1,0 +1,82 @@
+"""From a raw frame to the model's input tensor, as model.json says: colour, size, normalise, quantize.
+
+Everything is vectorised numpy; index maps for resizing are computed once per frame shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import DeviceError
+from .bundle import ModelSpec
+from .quant import quantize
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class FrameError(ValueError):
+    """One frame that cannot be used (wrong shape); counted and skipped, never fatal."""
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB -> (H, W, 1) luminance (ITU-R BT.601 weights)."""
+    return (rgb[..., :3].astype(np.float32) @ _LUMA)[..., None]
+
+
+class Preprocessor:
+    """Callable: raw frame -> (1, ...) tensor in the model's dtype, ready for set_tensor."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        pre = spec.input.preprocess
+        self.kind = spec.kind
+        self.shape = spec.input.shape
+        self.dtype = np.dtype(spec.input.dtype)
+        self.mean = np.asarray(pre.mean, dtype=np.float32)
+        self.std = np.asarray(pre.std, dtype=np.float32)
+        self.scale, self.zero_point = spec.input.scale, spec.input.zero_point
+        if self.kind == "image":
+            if len(self.shape) != 4:
+                raise DeviceError(f"model.json says image but the input shape is {list(self.shape)}, not NHWC")
+            self.height, self.width, self.channels = self.shape[1:]
+            self.bgr = pre.color == "bgr"
+        self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        if (h, w) == (self.height, self.width):
+            return img
+        maps = self._maps.get((h, w))
+        if maps is None:  # nearest neighbour, sampled at pixel centres
+            rows = ((np.arange(self.height) + 0.5) * h / self.height).astype(np.intp)
+            cols = ((np.arange(self.width) + 0.5) * w / self.width).astype(np.intp)
+            maps = self._maps[(h, w)] = (rows[:, None], cols[None, :])
+        return img[maps[0], maps[1]]
+
+    def _image(self, frame: np.ndarray) -> np.ndarray:
+        if frame.ndim == 2:
+            frame = frame[..., None]
+        if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
+            raise FrameError(f"image frame of shape {frame.shape}; expected (H, W), (H, W, 1) or (H, W, 3)")
+        frame = self._resize(frame)
+        channels = frame.shape[2]
+        if self.channels == 1 and channels >= 3:
+            frame = to_gray(frame)
+        elif self.channels == 3 and channels == 1:
+            frame = np.repeat(frame, 3, axis=2)
+        elif self.channels == 3 and channels == 4:
+            frame = frame[..., :3]
+        elif channels != self.channels:
+            raise FrameError(f"frame has {channels} channels, the model takes {self.channels}")
+        if self.bgr:
+            frame = frame[..., ::-1]
+        return frame
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        frame = np.asarray(frame)
+        if self.kind == "image":
+            frame = self._image(frame)
+        elif frame.shape != self.shape[1:]:
+            raise FrameError(f"sensor window of shape {frame.shape}; the model takes {self.shape[1:]}")
+        x = (frame.astype(np.float32) - self.mean) / self.std
+        return quantize(x, self.scale, self.zero_point, self.dtype).reshape(self.shape)

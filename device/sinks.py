@@ -1,0 +1,159 @@
+"""Where encoded messages go: a serial port (any pyserial URL or path) or nowhere.
+
+The classification loop never waits on the link. ``send`` appends to a bounded
+queue (the oldest message is dropped and counted when it is full); a writer
+thread owns the port, writes with a timeout, and when the port vanishes (an
+unplugged USB adapter, a closed pty) reopens it with backoff while the loop goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Callable
+
+from . import DeviceError
+
+QUEUE_MESSAGES = 256
+BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class NullSink:
+    """Accepts everything and sends nothing (``--port null``): for benchmarks and dry runs."""
+
+    drops = reconnects = timeouts = 0
+    sent = 0
+
+    def send(self, data: bytes) -> None:
+        self.sent += 1
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class SerialSink:
+    """A pyserial port fed from a bounded queue by one writer thread.
+
+    ``hello`` (bytes, optional) is written first on every (re)connect so a
+    receiver that joins late learns the labels. ``opener`` builds the port; it
+    defaults to ``serial.serial_for_url`` and is passed in by tests.
+    """
+
+    def __init__(self, url: str, baudrate: int = 115200, write_timeout: float = 0.5,
+                 queue_messages: int = QUEUE_MESSAGES, hello: bytes = b"", opener: Callable | None = None):
+        import serial
+
+        self.url = url
+        self._serial = serial
+        self._open = opener or (lambda: serial.serial_for_url(url, baudrate=baudrate, write_timeout=write_timeout,
+                                                              timeout=0))
+        self.hello = hello
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.limit = queue_messages
+        self.drops = 0  # messages dropped because the queue was full or a write timed out
+        self.timeouts = 0
+        self.reconnects = 0
+        self.sent = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        try:
+            self.port = self._open()
+            self._write(self.hello)
+        except (serial.SerialException, OSError, ValueError) as e:
+            raise DeviceError(f"cannot open port {url} ({e}): check the path, the cable and the dialout group") from None
+        self._thread = threading.Thread(target=self._run, name="serial-writer", daemon=True)
+        self._thread.start()
+
+    def send(self, data: bytes) -> None:
+        """Queue one message; O(1), never blocks on the link."""
+        with self._cond:
+            if len(self.queue) >= self.limit:
+                self.queue.popleft()
+                self.drops += 1
+            self.queue.append(data)
+            self._cond.notify()
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.port.write(data)
+
+    def _run(self) -> None:
+        attempt = 0
+        while True:
+            with self._cond:
+                while not self.queue and not self._closing:
+                    self._cond.wait()
+                if self._closing and (not self.queue or self.port is None):
+                    return
+                data = self.queue[0]
+            if self.port is None:
+                if not self._reopen(attempt):
+                    attempt += 1
+                    continue
+                attempt = 0
+            try:
+                self._write(data)
+                self.sent += 1
+            except self._serial.SerialTimeoutException:
+                self.timeouts += 1
+                self.drops += 1  # the link is too slow for this message; the next one may fit
+            except (self._serial.SerialException, OSError):
+                self._drop_port()
+                continue  # keep the message at the head: it is resent after the reconnect
+            with self._cond:
+                if self.queue and self.queue[0] is data:
+                    self.queue.popleft()
+                self._cond.notify_all()
+
+    def _drop_port(self) -> None:
+        try:
+            self.port.close()
+        except (self._serial.SerialException, OSError):
+            pass
+        self.port = None
+
+    def _reopen(self, attempt: int) -> bool:
+        with self._cond:
+            self._cond.wait(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            if self._closing:
+                return False
+        try:
+            self.port = self._open()
+            self._write(self.hello)
+        except (self._serial.SerialException, OSError, ValueError):
+            self.port = None
+            return False
+        self.reconnects += 1
+        return True
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait up to ``timeout`` seconds for the queue to drain; True when it did."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self.queue and self.port is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return not self.queue
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout=3)
+        if self.port is not None:
+            try:
+                self.port.flush()
+            except (self._serial.SerialException, OSError):
+                pass
+            self._drop_port()
+
+
+def open_sink(url: str, **kwargs):
+    """``null`` for no output, anything else is a pyserial URL or device path."""
+    return NullSink() if url == "null" else SerialSink(url, **kwargs)
