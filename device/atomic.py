@@ -27,15 +27,17 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty folder without --force, and a parent we cannot write into."""
+    """Refuse a non-empty folder without --force and a parent we cannot write into; create missing parents."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DeviceError(f"{out} exists and is not a folder: choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise DeviceError(f"{out} exists and is not empty: pass --force to replace it, or choose another --out")
     parent = out.resolve().parent
-    if not parent.is_dir():
-        raise DeviceError(f"cannot write {out}: the folder {parent} does not exist")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeviceError(f"cannot write {out}: cannot create {parent} ({e.strerror}); choose another --out") from None
     if not os.access(parent, os.W_OK):
         raise DeviceError(f"cannot write {out}: {parent} is not writable; choose another --out")
 

@@ -16,6 +16,7 @@ from typing import Callable
 from . import DeviceError
 
 QUEUE_MESSAGES = 256
+BATCH_BYTES = 4096  # one write() carries up to this much
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -60,6 +61,7 @@ class SerialSink:
         self.sent = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._writing = 0  # messages taken by the writer and not yet written
         try:
             self.port = self._open()
             self._write(self.hello)
@@ -75,38 +77,59 @@ class SerialSink:
                 self.queue.popleft()
                 self.drops += 1
             self.queue.append(data)
-            self._cond.notify()
+            if len(self.queue) == 1:  # the writer may be asleep on an empty queue
+                self._cond.notify()
 
     def _write(self, data: bytes) -> None:
         if data:
             self.port.write(data)
 
+    def _take_batch(self) -> list[bytes] | None:
+        """Everything queued (up to BATCH_BYTES), removed under the lock; None when closing and done."""
+        with self._cond:
+            while not self.queue and not self._closing:
+                self._cond.wait()
+            if not self.queue or (self._closing and self.port is None):
+                return None
+            batch, size = [], 0
+            while self.queue and size < BATCH_BYTES:
+                batch.append(self.queue.popleft())
+                size += len(batch[-1])
+            self._writing = len(batch)
+            return batch
+
+    def _put_back(self, batch: list[bytes]) -> None:
+        """After a failed write: the batch goes back to the front, oldest dropped beyond the limit."""
+        with self._cond:
+            self.queue.extendleft(reversed(batch))
+            while len(self.queue) > self.limit:
+                self.queue.popleft()
+                self.drops += 1
+
     def _run(self) -> None:
         attempt = 0
         while True:
-            with self._cond:
-                while not self.queue and not self._closing:
-                    self._cond.wait()
-                if self._closing and (not self.queue or self.port is None):
-                    return
-                data = self.queue[0]
-            if self.port is None:
-                if not self._reopen(attempt):
+            batch = self._take_batch()
+            if batch is None:
+                return
+            while self.port is None and not self._closing:
+                if self._reopen(attempt):
+                    attempt = 0
+                else:
                     attempt += 1
-                    continue
-                attempt = 0
+            if self.port is None:  # closing with the port gone: what is left cannot be sent
+                return
             try:
-                self._write(data)
-                self.sent += 1
+                self._write(b"".join(batch))
+                self.sent += len(batch)
             except self._serial.SerialTimeoutException:
                 self.timeouts += 1
-                self.drops += 1  # the link is too slow for this message; the next one may fit
+                self.drops += len(batch)  # the link is too slow for these; newer ones may fit
             except (self._serial.SerialException, OSError):
                 self._drop_port()
-                continue  # keep the message at the head: it is resent after the reconnect
+                self._put_back(batch)  # resent after the reconnect
             with self._cond:
-                if self.queue and self.queue[0] is data:
-                    self.queue.popleft()
+                self._writing = 0
                 self._cond.notify_all()
 
     def _drop_port(self) -> None:
@@ -118,9 +141,9 @@ class SerialSink:
 
     def _reopen(self, attempt: int) -> bool:
         with self._cond:
-            self._cond.wait(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
             if self._closing:
                 return False
+            self._cond.wait(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
         try:
             self.port = self._open()
             self._write(self.hello)
@@ -134,7 +157,7 @@ class SerialSink:
         """Wait up to ``timeout`` seconds for the queue to drain; True when it did."""
         end = time.monotonic() + timeout
         with self._cond:
-            while self.queue and self.port is not None:
+            while (self.queue or self._writing) and self.port is not None:
                 left = end - time.monotonic()
                 if left <= 0:
                     return False

@@ -74,8 +74,9 @@ def test_preprocessing_matches_the_build_side_exactly(digits_bundle):
     model = Model(b.model)
     ds = datasets.load("digits", seed=0)
     pre = Preprocessor(b.spec)
-    mine = np.concatenate([pre(x) for x in ds.test.x])
+    mine = np.concatenate([pre(x).copy() for x in ds.test.x])
     assert np.array_equal(mine, model_inputs(model, ds, ds.test.x))
+    assert np.array_equal(pre(ds.test.x[0].astype(np.float64)), mine[:1])  # any input dtype, same bits
 
 
 def test_preprocessing_resizes_converts_and_rejects(digits_bundle):
@@ -240,6 +241,24 @@ def test_full_queue_drops_oldest(digits_bundle):
     assert sink.drops >= 15
     gate.set()
     assert sink.flush(2.0)
-    assert port.written[-1] == bytes([19])  # the newest survive
+    stream = b"".join(port.written)
+    assert stream.endswith(bytes([16, 17, 18, 19]))  # the newest survive, in order
+    assert len(stream) + sink.drops == 20  # everything is either written or counted as dropped
     sink.close()
     assert isinstance(serial.SerialException(), OSError)
+
+
+def test_third_party_int8_model_runs_from_a_hand_written_model_json(mlperf_dir, tmp_path):
+    from device import thirdparty
+
+    labels = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck".split(",")
+    out = thirdparty.write(mlperf_dir / "pretrainedResnet_quant.tflite", tmp_path / "mlperf", labels, "image")
+    raw = json.loads((out / "model.json").read_text())
+    assert "provenance" not in raw and raw["input"]["scale"] == 1.0 and raw["input"]["zero_point"] == -128
+    b = bundle.load(out)
+    rng = np.random.default_rng(0)
+    frames = [Frame(rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)) for _ in range(5)]
+    stats = run_app(b, iter(frames), app.RunConfig(period=0))
+    assert stats.predictions == 5 and stats.bad_frames == 0
+    # raw pixel 255 with scale 1, zero point -128 is 127: quantized, not wrapped
+    assert Preprocessor(b.spec)(np.full((32, 32, 3), 255, np.uint8)).max() == 127
