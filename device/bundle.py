@@ -119,11 +119,11 @@ class ModelSpec:
     def to_dict(self) -> dict:
         def clean(v):
             if dataclasses.is_dataclass(v):
-                return {k: clean(x) for k, x in dataclasses.asdict(v).items() if x is not None}
-            if isinstance(v, tuple):
+                v = dataclasses.asdict(v)
+            if isinstance(v, dict):  # None and empty objects are left out, as a hand-written file would
+                return {k: clean(x) for k, x in v.items() if x is not None and x != {}}
+            if isinstance(v, (tuple, list)):
                 return [clean(x) for x in v]
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items() if x is not None}
             return v
         return clean(self)
 
