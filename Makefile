@@ -7,8 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= out
-SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi socat shellcheck openssh-server openssh-client
-SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen
+SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi socat shellcheck \
+                   openssh-server openssh-client xxd
+SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd
 
 .PHONY: all venv system-deps demo test bench clean
 
@@ -34,15 +35,20 @@ system-deps:
 	  || { echo "could not install$$missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)'"; exit 1; }; \
 	fi
 
-demo: venv
+demo: venv system-deps
 	$(BIN)/python -m build_model --dataset digits --out $(OUT)/digits --force
+	$(BIN)/python -m firmware_export $(OUT)/digits --out $(OUT)/digits_firmware --target nrf52840 --force
 	$(BIN)/python -m device.demo $(OUT)/digits
 
 test: venv system-deps
 	$(BIN)/python -m pytest -q
 
+# Every figure in the closing notes; rerun any time (a few minutes, plus --soak if you add it).
 bench: venv system-deps
 	$(BIN)/python bench/build_bench.py
+	$(BIN)/python -m build_model --dataset digits --out $(OUT)/digits --force -q
+	$(BIN)/python bench/firmware_bench.py $(OUT)/digits
+	$(BIN)/python bench/device_bench.py $(OUT)/digits
 
 clean:
 	rm -rf $(OUT) .pytest_cache

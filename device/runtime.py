@@ -60,9 +60,12 @@ def _info(detail: dict) -> TensorInfo:
 class Model:
     """One interpreter, allocated once; ``run`` takes and returns the raw tensors."""
 
-    def __init__(self, model: bytes, num_threads: int | None = None, resolver: str = "default"):
+    def __init__(self, model: bytes, num_threads: int | None = None, resolver: str = "default",
+                 keep_tensors: bool = False):
         mod = interpreter_module()
         kwargs = {"model_content": model, "num_threads": num_threads or os.cpu_count() or 1}
+        if keep_tensors:  # intermediate tensors stay readable after invoke (debugging, parity)
+            kwargs["experimental_preserve_all_tensors"] = True
         if resolver == "reference":
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_REF
         elif resolver != "default":

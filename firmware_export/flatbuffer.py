@@ -28,6 +28,7 @@ class Op:
     custom: bool
     input_types: tuple[str, ...]
     output_types: tuple[str, ...]
+    outputs: tuple[int, ...] = ()  # tensor indices of the main subgraph
 
     @property
     def is_float(self) -> bool:
@@ -88,7 +89,8 @@ def read(data: bytes) -> ModelInfo:
             for o in range(g.OperatorsLength()):
                 op = g.Operators(o)
                 name, custom = codes[op.OpcodeIndex()]
-                ops.append(Op(name, custom, tt(op.InputsAsNumpy()), tt(op.OutputsAsNumpy())))
+                outs = tuple(int(i) for i in op.OutputsAsNumpy() if i >= 0)
+                ops.append(Op(name, custom, tt(op.InputsAsNumpy()), tt(outs), outs if s == 0 else ()))
         main = model.Subgraphs(0)
         main_types = [type_names.get(main.Tensors(t).Type(), "?") for t in range(main.TensorsLength())]
         inputs = tuple(main_types[i] for i in main.InputsAsNumpy())
@@ -96,7 +98,8 @@ def read(data: bytes) -> ModelInfo:
     except ExportError:
         raise
     except Exception as e:  # a truncated buffer fails in struct, numpy or index arithmetic
-        raise ExportError(f"the TFLite flatbuffer is damaged or truncated ({type(e).__name__}): export it again") from None
+        raise ExportError(f"the TFLite flatbuffer is damaged or truncated ({e or type(e).__name__}): "
+                          "convert or copy it again") from None
     return ModelInfo(tuple(ops), inputs, outputs)
 
 

@@ -39,6 +39,10 @@ class MicroModel:
         self.interpreter.invoke()
         return np.array(self.interpreter.get_output(0))
 
+    def tensor(self, index: int) -> np.ndarray:
+        """An intermediate tensor after ``run`` (only with ``keep_tensors``)."""
+        return np.asarray(self.interpreter.GetTensor(index, 0)["tensor_data"])
+
     @property
     def input_dtype(self) -> np.dtype:
         return np.dtype(self.interpreter.get_input_details(0)["dtype"])
@@ -48,12 +52,17 @@ class MicroModel:
         return tuple(int(s) for s in self.interpreter.get_input_details(0)["shape"])
 
 
-def load(model: bytes, arena_bytes: int = PROBE_ARENA_BYTES) -> MicroModel:
-    """Create the TFLM interpreter; raise ExportError with TFLM's own reason when it cannot."""
+def load(model: bytes, arena_bytes: int = PROBE_ARENA_BYTES, keep_tensors: bool = False) -> MicroModel:
+    """Create the TFLM interpreter; raise ExportError with TFLM's own reason when it cannot.
+
+    ``keep_tensors`` preserves every intermediate tensor (for ``tensor``), at the cost of a bigger arena.
+    """
     runtime = _runtime()
+    config = runtime.InterpreterConfig.kPreserveAllTensors if keep_tensors else \
+        runtime.InterpreterConfig.kAllocationRecording
     with captured() as err:
         try:
-            it = runtime.Interpreter.from_bytes(model, arena_size=arena_bytes)
+            it = runtime.Interpreter.from_bytes(model, arena_size=arena_bytes, intrepreter_config=config)
         except (RuntimeError, ValueError) as e:
             failure = str(e)
         else:

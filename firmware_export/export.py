@@ -1,0 +1,271 @@
+"""One export: preflight -> TFLM measurements (arena, golden, parity) -> sources -> compile -> budgets."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device import DeviceError, atomic
+from device import bundle as bundle_mod
+from device.bundle import sha256
+from device.preprocess import Preprocessor
+from device.quant import quantize
+from device.runtime import Model
+
+from . import ExportError, compile as cc, flatbuffer, generate, tflm
+
+ARENA_MARGIN_PERCENT = 5.0
+GOLDEN_COUNT = 5
+PARITY_MAX = 300
+
+
+@dataclass(frozen=True)
+class Target:
+    """A board: its RAM and flash, and the core the ARM compile uses."""
+
+    name: str
+    ram_kb: int
+    flash_kb: int
+    cpu: str
+    note: str
+
+
+TARGETS = {t.name: t for t in (
+    Target("nrf52840", 256, 1024, "cortex-m4", "Nordic nRF52840 (Arduino Nano 33 BLE): Cortex-M4F"),
+    Target("esp32s3", 512, 8192, "cortex-m4", "ESP32-S3 with 8 MB flash: Xtensa LX7 (ARM compile stands in)"),
+    Target("rp2040", 264, 2048, "cortex-m0plus", "Raspberry Pi Pico (RP2040): Cortex-M0+"),
+    Target("stm32f746", 320, 1024, "cortex-m7", "STM32F746 Discovery: Cortex-M7"),
+)}
+
+
+@dataclass(frozen=True)
+class Source:
+    """What is exported: the model bytes, and the bundle around it when there is one."""
+
+    model: bytes
+    path: Path
+    bundle: bundle_mod.Bundle | None
+
+    @property
+    def default_name(self) -> str:
+        return self.path.name if self.bundle else self.path.stem
+
+
+def read_source(path: Path) -> Source:
+    path = Path(path)
+    if path.is_dir():
+        try:
+            b = bundle_mod.load(path)
+        except DeviceError as e:
+            raise ExportError(str(e)) from None
+        return Source(b.model, path, b)
+    if not path.is_file():
+        raise ExportError(f"{path} does not exist: give a bundle folder or a .tflite file")
+    data = path.read_bytes()
+    if not data:
+        raise ExportError(f"{path} is empty: give a .tflite written by the converter")
+    return Source(data, path, None)
+
+
+def preflight(model: bytes) -> flatbuffer.ModelInfo:
+    """Refuse what TFLM int8 firmware cannot take, naming what was found and what to do."""
+    info = flatbuffer.read(model)
+    rebuild = "rebuild with the int8 variant (python -m build_model --variants int8)"
+    if info.custom_ops:
+        flex = [o for o in info.custom_ops if o.startswith("Flex")]
+        kind = "select-TF" if flex else "custom"
+        raise ExportError(f"the model uses {kind} operators {', '.join(info.custom_ops)} that TFLM cannot run: {rebuild}")
+    if "FLOAT16" in {t for op in info.ops for t in op.input_types}:
+        raise ExportError(f"this is a float16 model (float16 weights, float compute): {rebuild}")
+    if info.float_ops:
+        io = set(info.input_types + info.output_types)
+        what = "a dynamic-range model (int8 weights, float activations)" if any(
+            "INT8" in op.input_types for op in info.ops if op.is_float) else "a float model"
+        if io & flatbuffer.FLOAT_TYPES and not (io - flatbuffer.FLOAT_TYPES) and what == "a float model":
+            what = "a float model (float input and output)"
+        raise ExportError(f"this is {what}: float operators {', '.join(info.float_ops)}; {rebuild}")
+    return info
+
+
+def _inputs(src: Source, micro: tflm.MicroModel, count: int, inputs: Path | None = None) -> tuple[np.ndarray, list[int]]:
+    """Quantized inputs: ``inputs`` when given, else the bundle's test set, else seeded random values.
+
+    An ``inputs`` file holds ``x`` (and optionally ``y``): integers in the model's input type are
+    used as they are; floats are what the float model would take, and are quantized here.
+    """
+    shape, dtype = micro.input_shape, micro.input_dtype
+    if inputs is not None:
+        try:
+            data = np.load(inputs, allow_pickle=False)
+            x = data["x"][:count]
+        except (OSError, ValueError, KeyError) as e:
+            raise ExportError(f"cannot read --inputs {inputs} ({e}): give an .npz with an array x") from None
+        if x.shape[1:] != shape[1:] and x.shape[1:] != shape:
+            raise ExportError(f"--inputs samples have shape {x.shape[1:]}, the model takes {shape[1:]}")
+        if x.dtype.kind == "f":
+            d = micro.interpreter.get_input_details(0)["quantization_parameters"]
+            x = quantize(x, float(d["scales"][0]), int(d["zero_points"][0]), dtype)
+        elif x.dtype != dtype:
+            raise ExportError(f"--inputs holds {x.dtype}, the model takes {dtype} (or floats to quantize)")
+        truth = [int(v) for v in data["y"][:count]] if "y" in data else [-1] * len(x)
+        return x.reshape(len(x), *shape), truth
+    if src.bundle and src.bundle.testset_path.is_file():
+        data = np.load(src.bundle.testset_path)
+        pre = Preprocessor(src.bundle.spec)
+        n = min(count, len(data["x"]))
+        xs = np.stack([pre(x).copy() for x in data["x"][:n]])
+        truth = [int(v) for v in data["y"][:n]] if "y" in data else [-1] * n
+        return xs, truth
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(0)
+    return rng.integers(info.min, info.max + 1, (count, *shape)).astype(dtype), [-1] * count
+
+
+def _golden_pick(truth: list[int], k: int) -> list[int]:
+    """One input per class first, so the self-test covers different outputs."""
+    picked, seen = [], set()
+    for i, t in enumerate(truth):
+        if t not in seen or t < 0:
+            picked.append(i)
+            seen.add(t)
+        if len(picked) == k:
+            break
+    return picked or list(range(min(k, len(truth))))
+
+
+def per_op_divergence(model: bytes, info: flatbuffer.ModelInfo, xs: np.ndarray) -> list[dict]:
+    """Where TFLM and LiteRT's reference kernels part: each operator whose output differs, and by how much.
+
+    Both interpreters keep every intermediate tensor, so a difference at the output can
+    be traced to the first operator that introduced it.
+    """
+    micro = tflm.load(model, keep_tensors=True)
+    ref = Model(model, num_threads=1, resolver="reference", keep_tensors=True)
+    worst = np.zeros(len(info.ops), dtype=np.int64)
+    for x in xs:
+        micro.run(x)
+        ref.run(x)
+        for i, op in enumerate(info.ops):
+            if op.outputs and not op.is_float:
+                a = micro.tensor(op.outputs[0]).astype(np.int64).reshape(-1)
+                b = ref.interpreter.get_tensor(op.outputs[0]).astype(np.int64).reshape(-1)
+                worst[i] = max(worst[i], int(np.abs(a - b).max()))
+    return [{"index": i, "op": info.ops[i].name, "max_step_diff": int(d)} for i, d in enumerate(worst) if d]
+
+
+def parity(model: bytes, micro: tflm.MicroModel, xs: np.ndarray) -> dict:
+    """TFLM against LiteRT's reference kernels and its default (XNNPACK) path, on the same bytes."""
+    ref = Model(model, num_threads=1, resolver="reference")
+    fast = Model(model, num_threads=1)
+    m_out = np.stack([micro.run(x) for x in xs]).astype(np.int32)
+    r_out = np.stack([ref.run(x) for x in xs]).astype(np.int32)
+    f_out = np.stack([fast.run(x) for x in xs]).astype(np.int32)
+
+    def compare(a, b):
+        flat = lambda o: o.reshape(len(o), -1)  # noqa: E731
+        return {"top1_agreement": round(float(np.mean(flat(a).argmax(1) == flat(b).argmax(1))), 6),
+                "max_step_diff": int(np.abs(a - b).max())}
+    return {"samples": int(len(xs)), "tflm_vs_litert_reference": compare(m_out, r_out),
+            "tflm_vs_litert_default": compare(m_out, f_out)}
+
+
+def arena_size(recorded: int, margin_percent: float) -> int:
+    """The recorded figure plus the margin, rounded up to 16 bytes."""
+    return int(math.ceil(recorded * (1 + margin_percent / 100) / 16) * 16)
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    report: dict
+
+
+def export(path: Path, out: Path, name: str | None = None, target: str | None = None, flash_kb: int | None = None,
+           ram_kb: int | None = None, force: bool = False, compile_check: bool = True,
+           margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None) -> ExportResult:
+    if target is not None and target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}: choose from {', '.join(TARGETS)}")
+    try:
+        atomic.check_output_dir(out, force)
+    except DeviceError as e:
+        raise ExportError(str(e)) from None
+    src = read_source(path)
+    ident = generate.sanitise(name or src.default_name)
+    info = preflight(src.model)
+    micro = tflm.load(src.model)  # raises with TFLM's own reason when it cannot run the model
+
+    xs, truth = _inputs(src, micro, PARITY_MAX, inputs)
+    recorded = tflm.recorded_arena_bytes(src.model, xs[0])
+    arena = arena_size(recorded, margin_percent)
+    micro = tflm.load(src.model, arena_bytes=arena)  # the emitted figure must be enough by itself
+    checks = parity(src.model, micro, xs)
+    checks["diverging_ops"] = per_op_divergence(src.model, info, xs)
+    pick = _golden_pick(truth, GOLDEN_COUNT)
+    g_in = xs[pick]
+    g_out = np.stack([micro.run(x) for x in g_in])
+
+    m_in = micro.interpreter.get_input_details(0)
+    m_out = micro.interpreter.get_output_details(0)
+    spec = src.bundle.spec if src.bundle else None
+    labels = spec.labels if spec else tuple(str(i) for i in range(int(np.prod(m_out["shape"]))))
+    pre = spec.input.preprocess if spec else None
+    as_tuple = lambda v: tuple(v) if isinstance(v, tuple) else (v,)  # noqa: E731
+    cfg = generate.Config(
+        arena_bytes=arena, arena_recorded=recorded, margin_percent=margin_percent,
+        input_shape=tuple(int(s) for s in m_in["shape"]), input_dtype=np.dtype(m_in["dtype"]).name,
+        input_scale=float(m_in["quantization_parameters"]["scales"][0]),
+        input_zero_point=int(m_in["quantization_parameters"]["zero_points"][0]),
+        output_shape=tuple(int(s) for s in m_out["shape"]), output_dtype=np.dtype(m_out["dtype"]).name,
+        output_scale=float(m_out["quantization_parameters"]["scales"][0]),
+        output_zero_point=int(m_out["quantization_parameters"]["zero_points"][0]),
+        labels=labels, mean=as_tuple(pre.mean) if pre else (0.0,), std=as_tuple(pre.std) if pre else (1.0,))
+    digest = sha256(src.model)
+    source_name = src.path.name if not src.bundle else f"{src.path.name}/model.tflite"
+    files = {
+        **generate.model_data(ident, src.model, source_name, digest),
+        **generate.model_ops(ident, info.op_names, source_name),
+        **generate.model_config(ident, cfg, source_name),
+        **generate.golden(ident, g_in, g_out, [truth[i] for i in pick], source_name),
+        **generate.entry_points(ident),
+    }
+    report = {"name": ident, "source": str(src.path), "model_bytes": len(src.model), "sha256": digest,
+              "ops": info.op_names, "arena_bytes": arena, "arena_recorded_bytes": recorded,
+              "arena_margin_percent": margin_percent, "target": target, "parity": checks,
+              "golden": {"count": len(pick), "tolerance_steps": 1}, "files": sorted(files)}
+    try:
+        with atomic.staged_dir(out, force) as stage:
+            for fname, text in files.items():
+                (stage / fname).write_text(text)
+            if compile_check:
+                cc.host_roundtrip(stage, ident, src.model)
+                sections = cc.arm_sections(stage, ident, TARGETS[target].cpu if target else "cortex-m4")
+                report["sections"] = sections
+                report["flash_bytes"] = cc.flash_bytes(sections)
+                if sections["data"] >= len(src.model):
+                    raise ExportError("the model landed in .data (RAM), not flash: the array lost its const")
+            else:
+                report["flash_bytes"] = None
+            _check_budget(report, target, flash_kb, ram_kb)
+            (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    except DeviceError as e:
+        raise ExportError(str(e)) from None
+    return ExportResult(Path(out), report)
+
+
+def _check_budget(report: dict, target: str | None, flash_kb: int | None, ram_kb: int | None) -> None:
+    t = TARGETS.get(target) if target else None
+    flash_kb = flash_kb or (t.flash_kb if t else None)
+    ram_kb = ram_kb or (t.ram_kb if t else None)
+    report["budget"] = {"flash_kb": flash_kb, "ram_kb": ram_kb}
+    flash = report["flash_bytes"] or report["model_bytes"]
+    where = f" on {target}" if target else ""
+    if flash_kb is not None and flash > flash_kb * 1024:
+        raise ExportError(f"the model needs {flash} bytes of flash{where}, the budget is {flash_kb * 1024} "
+                          f"({flash_kb} KiB): use a smaller model or a bigger board")
+    if ram_kb is not None and report["arena_bytes"] > ram_kb * 1024:
+        raise ExportError(f"the tensor arena needs {report['arena_bytes']} bytes of RAM{where}, the budget is "
+                          f"{ram_kb * 1024} ({ram_kb} KiB): use a smaller model or a bigger board")

@@ -1,0 +1,122 @@
+"""C sources for TensorFlow Lite Micro: pure functions from values to file texts, over templates."""
+
+from __future__ import annotations
+
+import keyword
+import re
+from dataclasses import dataclass
+from importlib import resources
+from string import Template
+
+import numpy as np
+
+from . import ExportError
+from .flatbuffer import resolver_method
+
+C_KEYWORDS = set("""alignas alignof and asm auto bool break case catch char class const constexpr continue
+decltype default delete do double else enum explicit export extern false float for friend goto if inline int
+long mutable namespace new noexcept not nullptr operator or private protected public register return short
+signed sizeof static struct switch template this throw true try typedef typeid typename union unsigned using
+virtual void volatile while main""".split())
+CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t", "float32": "float"}
+
+
+def sanitise(name: str) -> str:
+    """A C identifier from a file or folder name: other characters become ``_``; refuses what cannot be one."""
+    ident = re.sub(r"[^A-Za-z0-9_]", "_", name.strip()).strip("_").lower()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ident or "0") or ident in C_KEYWORDS or keyword.iskeyword(ident):
+        raise ExportError(f"name {name!r} does not make a C identifier ({ident or 'empty'!s}): pass --name, "
+                          "starting with a letter")
+    return ident
+
+
+def _template(name: str) -> Template:
+    return Template(resources.files("firmware_export").joinpath("templates", name).read_text())
+
+
+def _c_array(values, per_line: int, fmt=str, indent: str = "  ") -> str:
+    items = [fmt(v) for v in values]
+    return "\n".join(indent + ", ".join(items[i:i + per_line]) + "," for i in range(0, len(items), per_line))
+
+
+def _c_float(v: float) -> str:
+    """A C float literal: ``1`` must be written ``1.0f``, since ``1f`` does not compile."""
+    if not np.isfinite(v):
+        return "0.0f"
+    text = f"{float(v):.9g}"
+    return (text if any(c in text for c in ".e") else text + ".0") + "f"
+
+
+def _c_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+@dataclass(frozen=True)
+class Config:
+    """What model_config.h states: measured arena, tensor facts, labels, preprocessing."""
+
+    arena_bytes: int
+    arena_recorded: int
+    margin_percent: float
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    input_scale: float
+    input_zero_point: int
+    output_shape: tuple[int, ...]
+    output_dtype: str
+    output_scale: float
+    output_zero_point: int
+    labels: tuple[str, ...]
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+def model_data(name: str, model: bytes, source: str, sha256: str) -> dict[str, str]:
+    guard = name.upper()
+    data = _c_array(model, 12, lambda b: f"0x{b:02x}")
+    values = dict(name=name, guard=guard, source=source, sha256=sha256, bytes=data, length=len(model))
+    return {f"{name}_model_data.h": _template("model_data.h.tmpl").substitute(values),
+            f"{name}_model_data.cc": _template("model_data.cc.tmpl").substitute(values)}
+
+
+def model_ops(name: str, ops: list[str], source: str) -> dict[str, str]:
+    adds = "\n".join(f"  if (resolver.{resolver_method(op)}() != kTfLiteOk) return kTfLiteError;" for op in ops)
+    text = _template("model_ops.h.tmpl").substitute(name=name, guard=name.upper(), source=source,
+                                                    op_list=", ".join(ops), op_count=len(ops), adds=adds)
+    return {f"{name}_model_ops.h": text}
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape))
+
+
+def model_config(name: str, cfg: Config, source: str) -> dict[str, str]:
+    for dtype in (cfg.input_dtype, cfg.output_dtype):
+        if dtype not in CTYPES:
+            raise ExportError(f"tensor type {dtype} has no C type here")
+    text = _template("model_config.h.tmpl").substitute(
+        name=name, guard=name.upper(), source=source, arena_bytes=cfg.arena_bytes, arena_recorded=cfg.arena_recorded,
+        margin_percent=f"{cfg.margin_percent:g}", input_ctype=CTYPES[cfg.input_dtype],
+        input_dims=len(cfg.input_shape), input_shape=", ".join(map(str, cfg.input_shape)),
+        input_size=_size(cfg.input_shape), input_scale=_c_float(cfg.input_scale),
+        input_zero_point=cfg.input_zero_point, output_ctype=CTYPES[cfg.output_dtype],
+        output_size=_size(cfg.output_shape), output_scale=_c_float(cfg.output_scale),
+        output_zero_point=cfg.output_zero_point, label_count=len(cfg.labels),
+        labels=", ".join(_c_string(s) for s in cfg.labels), pre_count=len(cfg.mean),
+        mean=", ".join(_c_float(v) for v in cfg.mean), std=", ".join(_c_float(v) for v in cfg.std))
+    return {f"{name}_model_config.h": text}
+
+
+def golden(name: str, inputs: np.ndarray, outputs: np.ndarray, truth: list[int], source: str) -> dict[str, str]:
+    """``inputs`` (n, ...) and ``outputs`` (n, ...) already in the model's integer types."""
+    def rows(arr):
+        return "\n".join("  {" + ", ".join(str(int(v)) for v in row.reshape(-1)) + "}," for row in arr)
+    text = _template("golden.h.tmpl").substitute(
+        name=name, guard=name.upper(), source=source, count=len(inputs), inputs=rows(inputs), outputs=rows(outputs),
+        truth=", ".join(str(t) for t in truth))
+    return {f"{name}_golden.h": text}
+
+
+def entry_points(name: str) -> dict[str, str]:
+    return {"main.cc": _template("main.cc.tmpl").substitute(name=name),
+            f"{name}.ino": _template("sketch.ino.tmpl").substitute(name=name)}
