@@ -1,0 +1,577 @@
+#!/usr/bin/env bash
+# deploy.sh: put the tinysense device app on a Raspberry Pi as a service,
+# or lay out the microcontroller firmware where a board tool can flash it.
+#
+#   ./deploy.sh pi USER@HOST --model BUNDLE_DIR [options]   install or update the app, start it
+#   ./deploy.sh status USER@HOST | logs USER@HOST | remove USER@HOST
+#   ./deploy.sh unit --model BUNDLE_DIR [options]           print the systemd unit it would write
+#   ./deploy.sh firmware BUNDLE_DIR --board BOARD --out DIR [--flash PORT] [--platformio]
+#
+# Only ssh keys or the ssh agent are used: no password or secret is read, stored or passed.
+set -euo pipefail
+
+PROG=deploy.sh
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# options, with their defaults (several reach remote scripts by name, through vars)
+# shellcheck disable=SC2034
+DRY_RUN=0
+MODEL=""
+SOURCE="replay:testset.npz?loop=1"
+PORT="/dev/serial0"
+PERIOD="1"
+FORMAT="jsonl"
+SSH_PORT=""
+SSH_CONFIG=""
+REMOTE_DIR=""
+REMOTE_PYTHON="python3"
+USE_SYSTEMD=1
+ANY_ARCH=0
+BOARD=""
+OUT=""
+FLASH_PORT=""
+PLATFORMIO=0
+
+usage() {
+  cat <<'EOF'
+usage:
+  ./deploy.sh pi USER@HOST --model BUNDLE_DIR [--source SPEC] [--port PORT] [--period S]
+              [--format jsonl|binary] [--ssh-port N] [--ssh-config FILE] [--remote-dir DIR]
+              [--python PATH] [--no-systemd] [--any-arch] [--dry-run]
+  ./deploy.sh status USER@HOST [ssh options]     the service and its last lines
+  ./deploy.sh logs USER@HOST [ssh options]       recent output
+  ./deploy.sh remove USER@HOST [ssh options]     stop it and delete everything deploy.sh put there
+  ./deploy.sh unit --model BUNDLE_DIR [options]  print the systemd unit
+  ./deploy.sh firmware BUNDLE_DIR --board nano33ble|esp32s3|pico --out DIR [--flash PORT]
+              [--platformio] [--dry-run]
+
+Defaults: --source replay:testset.npz?loop=1 (a path relative to the bundle), --port /dev/serial0,
+--period 1, --format jsonl, --remote-dir ~/tinysense. --any-arch allows a host that is not a Pi
+(aarch64 or armv7l), for testing on any Linux machine.
+EOF
+}
+
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+say() { printf '%s\n' "$*" >&2; }
+
+# One shell-quoted line for a command and its arguments (bash's %q).
+quote() {
+  local out="" arg
+  for arg in "$@"; do out+=" $(printf '%q' "$arg")"; done
+  printf '%s' "${out# }"
+}
+
+# Run a local command, or print it under --dry-run.
+run() {
+  if ((DRY_RUN)); then printf '+ %s\n' "$(quote "$@")"; else "$@"; fi
+}
+
+# ---- argument checks ---------------------------------------------------------
+
+check_host() {
+  # user@host, where each part is a plain name: nothing a shell or ssh would read as syntax or an option
+  [[ $1 =~ ^[A-Za-z_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.:-]*$ ]] ||
+    die "'$1' is not USER@HOST (letters, digits, '.', '-', '_' only), e.g. pi@raspberrypi.local"
+}
+
+check_value() {
+  # any text, but no control characters: they would break the unit file and the log lines
+  [[ $2 != *[[:cntrl:]]* ]] || die "$1 must not contain control characters"
+}
+
+check_options() {
+  [[ $FORMAT == jsonl || $FORMAT == binary ]] || die "--format must be jsonl or binary, not '$FORMAT'"
+  [[ $PERIOD =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--period must be a number of seconds, not '$PERIOD'"
+  [[ -z $SSH_PORT || $SSH_PORT =~ ^[0-9]+$ ]] || die "--ssh-port must be a number, not '$SSH_PORT'"
+  [[ -z $SSH_CONFIG || -f $SSH_CONFIG ]] || die "--ssh-config $SSH_CONFIG does not exist"
+  local name
+  for name in SOURCE PORT REMOTE_DIR REMOTE_PYTHON; do check_value "--${name,,}" "${!name}"; done
+}
+
+check_bundle() {
+  [[ -n $MODEL ]] || die "--model BUNDLE_DIR is required (build one with: python -m build_model --out DIR)"
+  [[ -d $MODEL ]] || die "bundle folder $MODEL does not exist"
+  local f
+  for f in model.tflite model.json; do
+    [[ -f $MODEL/$f ]] || die "bundle $MODEL is incomplete: $f is missing; rebuild it with python -m build_model"
+  done
+}
+
+# ---- ssh ---------------------------------------------------------------------
+
+ssh_cmd() {
+  SSH=(ssh -o BatchMode=yes -o ConnectTimeout=10)
+  [[ -n $SSH_CONFIG ]] && SSH+=(-F "$SSH_CONFIG")
+  [[ -n $SSH_PORT ]] && SSH+=(-p "$SSH_PORT")
+  return 0
+}
+
+# Run a bash script on the target. Values reach it through the 'vars' preamble, each %q-quoted,
+# so spaces or shell characters in a path or label are data, never commands.
+remote() {
+  local script=$1
+  if ((DRY_RUN)); then
+    printf '+ %s bash -s <<SCRIPT\n%s\nSCRIPT\n' "$(quote "${SSH[@]}" "$HOST")" "$script"
+    return 0
+  fi
+  "${SSH[@]}" "$HOST" 'bash -s' <<<"$script"
+}
+
+vars() {
+  # vars NAME... -> "NAME=<quoted value>" lines for a remote script
+  local name
+  for name in "$@"; do printf '%s=%q\n' "$name" "${!name}"; done
+}
+
+# The remote folder: ~/tinysense unless --remote-dir says otherwise.
+# shellcheck disable=SC2016  # expanded on the target, not here
+REMOTE_PRELUDE='set -euo pipefail
+DIR=${REMOTE_DIR:-$HOME/tinysense}
+is_ours() { [[ -f $DIR/.tinysense ]]; }
+app_running() {
+  if [[ -f $DIR/mode && $(cat "$DIR/mode") == systemd ]]; then systemctl is-active --quiet tinysense
+  else [[ -f $DIR/tinysense.pid ]] && kill -0 "$(cat "$DIR/tinysense.pid")" 2>/dev/null; fi
+}
+stop_app() {
+  if [[ -f $DIR/mode && $(cat "$DIR/mode") == systemd ]]; then
+    sudo -n systemctl stop tinysense 2>/dev/null || true
+  elif [[ -f $DIR/tinysense.pid ]]; then
+    pid=$(cat "$DIR/tinysense.pid")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$DIR/tinysense.pid"
+  fi
+}'
+
+# ---- preflight on the target -------------------------------------------------
+
+preflight() {
+  local need_camera=0
+  # shellcheck disable=SC2034  # read by name in vars
+  [[ $SOURCE == picamera2* ]] && need_camera=1
+  remote "$(vars REMOTE_DIR REMOTE_PYTHON PORT USE_SYSTEMD ANY_ARCH need_camera)
+$REMOTE_PRELUDE
+problems=0
+problem() { printf 'problem: %s\n' \"\$*\"; problems=\$((problems + 1)); }
+os=\$( (. /etc/os-release && printf '%s' \"\$PRETTY_NAME\") 2>/dev/null || uname -s)
+arch=\$(uname -m)
+printf 'target: %s, %s\n' \"\$os\" \"\$arch\"
+case \$arch in
+  aarch64) ;;
+  armv7l) printf 'note: 32-bit OS: tflite-runtime with numpy<2 is installed (ai-edge-litert has no armv7l wheels)\n' ;;
+  *) ((ANY_ARCH)) || problem \"architecture \$arch is not a Raspberry Pi's (aarch64, armv7l): use 64-bit Raspberry Pi OS, or --any-arch to try anyway\" ;;
+esac
+if ! command -v \"\$REMOTE_PYTHON\" >/dev/null; then
+  problem \"\$REMOTE_PYTHON is not installed: sudo apt install python3 python3-venv\"
+else
+  v=\$(\"\$REMOTE_PYTHON\" -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])')
+  \"\$REMOTE_PYTHON\" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+    problem \"Python \$v is too old (3.10+ needed): upgrade to Raspberry Pi OS Bookworm or later\"
+  \"\$REMOTE_PYTHON\" -c 'import venv, ensurepip' 2>/dev/null ||
+    problem 'the venv module is missing: sudo apt install python3-venv'
+  printf 'python: %s\n' \"\$v\"
+  if ((need_camera)); then
+    \"\$REMOTE_PYTHON\" -c 'import picamera2' 2>/dev/null ||
+      problem 'picamera2 is not importable: sudo apt install python3-picamera2'
+  fi
+fi
+mkdir -p \"\$(dirname \"\$DIR\")\"
+free_kb=\$(df -Pk \"\$(dirname \"\$DIR\")\" | awk 'NR == 2 { print \$4 }')
+((free_kb > 300 * 1024)) || problem \"only \$((free_kb / 1024)) MiB free under \$(dirname \"\$DIR\"): 300 MiB needed, free some space\"
+if [[ \$PORT == /* ]]; then
+  if [[ ! -e \$PORT ]]; then
+    problem \"serial port \$PORT does not exist: enable it with raspi-config (Interface Options > Serial Port), or pass --port\"
+  else
+    dev=\$(basename \"\$(readlink -f \"\$PORT\")\")
+    if ps -eo args= | grep -E \"[g]etty.*\\b\$dev\\b\" >/dev/null; then
+      problem \"a login console (getty) holds \$dev: sudo systemctl disable --now serial-getty@\$dev, and remove console=serial0 from /boot/firmware/cmdline.txt\"
+    fi
+  fi
+fi
+if [[ \$(id -u) != 0 ]]; then
+  groups=\" \$(id -nG) \"
+  if [[ \$PORT == /dev/tty* || \$PORT == /dev/serial* ]] && [[ \$groups != *' dialout '* ]]; then
+    problem \"\$(id -un) is not in the dialout group: sudo usermod -aG dialout \$(id -un), then log in again\"
+  fi
+  if ((need_camera)) && [[ \$groups != *' video '* ]]; then
+    problem \"\$(id -un) is not in the video group: sudo usermod -aG video \$(id -un), then log in again\"
+  fi
+fi
+if ((USE_SYSTEMD)); then
+  command -v systemctl >/dev/null || problem 'systemd is not running here: pass --no-systemd'
+  sudo -n true 2>/dev/null || problem 'installing the service needs passwordless sudo: run sudo visudo, or pass --no-systemd'
+fi
+if [[ -e \$DIR ]] && ! is_ours; then
+  problem \"\$DIR exists and was not made by deploy.sh: pass another --remote-dir\"
+fi
+exit \$((problems > 0))"
+}
+
+# ---- what is deployed --------------------------------------------------------
+
+# A tar of the app (device package + packaging files), byte-identical for identical sources.
+app_tar() {
+  tar -C "$HERE" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+    --exclude=__pycache__ -cf - device pyproject.toml README.md
+}
+
+bundle_tar() {
+  local files=(model.tflite model.json)
+  [[ -f $MODEL/testset.npz ]] && files+=(testset.npz)
+  tar -C "$MODEL" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - "${files[@]}"
+}
+
+sha() { sha256sum | cut -c1-16; }
+
+# The command the service runs, relative to the deploy folder; the bundle folder is its cwd.
+app_args() {
+  APP_ARGS=(-m device --model . --source "$SOURCE" --port "$PORT" --period "$PERIOD" --format "$FORMAT")
+}
+
+# systemd's own quoting: double quotes, with \, ", % and $ escaped
+systemd_quote() {
+  local s=$1
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//%/%%}
+  s=${s//\$/\$\$}
+  printf '"%s"' "$s"
+}
+
+unit_text() {
+  # unit_text DIR USER
+  local dir=$1 user=$2 exec arg
+  app_args
+  exec=$(systemd_quote "$dir/venv/bin/python")
+  for arg in "${APP_ARGS[@]}"; do exec+=" $(systemd_quote "$arg")"; done
+  cat <<EOF
+# Written by tinysense deploy.sh. Remove with: ./deploy.sh remove $user@<host>
+[Unit]
+Description=tinysense classifier: predictions over serial
+After=network.target
+StartLimitIntervalSec=0
+
+[Service]
+Type=simple
+User=$user
+SupplementaryGroups=dialout video
+WorkingDirectory=${dir//%/%%}/current
+ExecStart=$exec
+Restart=on-failure
+RestartSec=2
+KillSignal=SIGTERM
+TimeoutStopSec=15
+StandardOutput=journal
+StandardError=journal
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+# ---- pi ------------------------------------------------------------------------
+
+deploy_pi() {
+  check_host "$HOST"
+  check_bundle
+  check_options
+  ssh_cmd
+  say "checking $HOST ..."
+  if ! preflight; then
+    die "fix the problems above on $HOST, then run deploy.sh again"
+  fi
+
+  local app_sha bundle_sha config_sha mode
+  app_sha=$(app_tar | sha)
+  bundle_sha=$(bundle_tar | sha)
+  mode=$( ((USE_SYSTEMD)) && echo systemd || echo background)
+  app_args
+  config_sha=$(printf '%s\n' "$mode" "${APP_ARGS[@]}" | sha)
+  # shellcheck disable=SC2034  # read by name in vars
+  local fingerprint="$app_sha $bundle_sha $config_sha"
+
+  # 1. compare what is there with what would be deployed
+  local state probe
+  probe="$(vars REMOTE_DIR fingerprint)
+$REMOTE_PRELUDE
+if is_ours && [[ -f \$DIR/fingerprint && \$(cat \"\$DIR/fingerprint\") == \"\$fingerprint\" ]] && app_running; then
+  echo same
+elif is_ours && [[ -f \$DIR/app.sha && \$(cat \"\$DIR/app.sha\") == ${app_sha} ]] && [[ -x \$DIR/venv/bin/python ]]; then
+  echo app-ok
+else
+  echo fresh
+fi"
+  if ((DRY_RUN)); then
+    remote "$probe"
+    state=fresh
+  else
+    state=$(remote "$probe") || die "cannot reach $HOST over ssh: check the host, your key (ssh-add) and --ssh-port"
+  fi
+  if [[ $state == same ]]; then
+    say "$HOST is up to date: same app, bundle and settings, and it is running; nothing changed"
+    return 0
+  fi
+
+  # 2. the app, only when it changed, and its venv
+  if [[ $state != app-ok ]]; then
+    say "copying the app and creating the venv (the device extra) ..."
+    remote "$(vars REMOTE_DIR)
+$REMOTE_PRELUDE
+mkdir -p \"\$DIR\" && touch \"\$DIR/.tinysense\" && rm -rf \"\$DIR/app.new\" && mkdir \"\$DIR/app.new\""
+    if ((DRY_RUN)); then
+      printf '+ app_tar | %s tar -xf - -C <remote-dir>/app.new\n' "$(quote "${SSH[@]}" "$HOST")"
+    else
+      app_tar | "${SSH[@]}" "$HOST" "tar -xf - -C $(printf '%q' "${REMOTE_DIR:-tinysense}")/app.new"
+    fi
+    remote "$(vars REMOTE_DIR REMOTE_PYTHON app_sha)
+$REMOTE_PRELUDE
+rm -rf \"\$DIR/app\" && mv \"\$DIR/app.new\" \"\$DIR/app\"
+[[ -x \$DIR/venv/bin/python ]] || \"\$REMOTE_PYTHON\" -m venv --system-site-packages \"\$DIR/venv\"
+\"\$DIR/venv/bin/python\" -m pip install -q --upgrade pip >/dev/null
+if [[ \$(uname -m) == armv7l ]]; then
+  # no ai-edge-litert wheels for 32-bit Pi OS; tflite-runtime breaks with numpy 2
+  \"\$DIR/venv/bin/python\" -m pip install -q 'numpy<2' tflite-runtime
+fi
+\"\$DIR/venv/bin/python\" -m pip install -q \"\$DIR/app[device]\"
+\"\$DIR/venv/bin/python\" -c 'import device.runtime as r; r.interpreter_module()'
+echo \"\$app_sha\" > \"\$DIR/app.sha\""
+  fi
+
+  # 3. the bundle, swapped in atomically: a new folder, then one rename of the 'current' link
+  say "copying the bundle ($bundle_sha) ..."
+  local rdir=${REMOTE_DIR:-tinysense}
+  remote "$(vars REMOTE_DIR bundle_sha)
+$REMOTE_PRELUDE
+mkdir -p \"\$DIR/bundles\" && rm -rf \"\$DIR/bundles/\$bundle_sha.new\" && mkdir \"\$DIR/bundles/\$bundle_sha.new\""
+  if ((DRY_RUN)); then
+    printf '+ bundle_tar | %s tar -xf - -C <remote-dir>/bundles/%s.new\n' "$(quote "${SSH[@]}" "$HOST")" "$bundle_sha"
+  else
+    bundle_tar | "${SSH[@]}" "$HOST" "tar -xf - -C $(printf '%q' "$rdir/bundles/$bundle_sha.new")"
+  fi
+
+  # 4. the service (or a supervised background process), then start
+  local unit=""
+  # shellcheck disable=SC2034  # read by name in vars
+  ((USE_SYSTEMD)) && unit=$(unit_text '@DIR@' '@USER@')
+  local cmd
+  cmd=$(quote "${APP_ARGS[@]}")
+  remote "$(vars REMOTE_DIR bundle_sha fingerprint mode unit cmd)
+$REMOTE_PRELUDE
+b=\"\$DIR/bundles/\$bundle_sha\"
+rm -rf \"\$b\" && mv \"\$b.new\" \"\$b\"
+ln -sfn \"bundles/\$bundle_sha\" \"\$DIR/current.new\" && mv -T \"\$DIR/current.new\" \"\$DIR/current\"
+stop_app
+echo \"\$mode\" > \"\$DIR/mode\"
+if [[ \$mode == systemd ]]; then
+  u=\${unit//@DIR@/\$DIR}
+  u=\${u//@USER@/\$(id -un)}
+  printf '%s\n' \"\$u\" > \"\$DIR/tinysense.service\"
+  sudo -n install -m 644 \"\$DIR/tinysense.service\" /etc/systemd/system/tinysense.service
+  sudo -n systemctl daemon-reload
+  sudo -n systemctl enable --quiet tinysense
+  sudo -n systemctl restart tinysense
+else
+  cd \"\$DIR/current\"
+  touch \"\$DIR/tinysense.log\"
+  n0=\$(wc -l < \"\$DIR/tinysense.log\")
+  # restarts the app when it fails; a clean exit (SIGTERM) ends the loop
+  setsid bash -c \"until \$(printf '%q' \"\$DIR/venv/bin/python\") \$cmd; do sleep 2; done\" \\
+    >> \"\$DIR/tinysense.log\" 2>&1 < /dev/null &
+  echo \$! > \"\$DIR/tinysense.pid\"
+fi
+for old in \"\$DIR\"/bundles/*; do [[ \$old == \"\$b\" ]] || rm -rf \"\$old\"; done
+sleep 3
+if [[ \$mode == systemd ]]; then
+  restarts=\$(systemctl show -p NRestarts --value tinysense 2>/dev/null || echo 0)
+  if ! app_running || ((restarts > 0)); then
+    echo 'the app does not stay up; its last lines:'; journalctl -u tinysense -n 5 --no-pager; exit 1
+  fi
+else
+  err=\$(tail -n \"+\$((n0 + 1))\" \"\$DIR/tinysense.log\" | grep -m1 'error:' || true)
+  if [[ -n \$err ]] || ! app_running; then
+    stop_app
+    echo \"the app does not stay up: \${err:-see \$DIR/tinysense.log}\"; exit 1
+  fi
+fi
+echo \"\$fingerprint\" > \"\$DIR/fingerprint\"" || die "starting the app on $HOST failed (see the lines above)"
+  if ((DRY_RUN)); then
+    say "dry run: nothing was changed"
+  else
+    say "deployed to $HOST: $mode, bundle $bundle_sha; see it with ./deploy.sh status $HOST"
+  fi
+}
+
+status_pi() {
+  check_host "$HOST"
+  ssh_cmd
+  remote "$(vars REMOTE_DIR)
+$REMOTE_PRELUDE
+is_ours || { echo \"nothing deployed in \$DIR\"; exit 1; }
+echo \"mode: \$(cat \"\$DIR/mode\"), bundle: \$(readlink \"\$DIR/current\")\"
+if [[ \$(cat \"\$DIR/mode\") == systemd ]]; then
+  systemctl status tinysense --no-pager -n 5 || true
+else
+  if app_running; then echo \"running (pid \$(cat \"\$DIR/tinysense.pid\"))\"; else echo 'not running'; fi
+  tail -n 5 \"\$DIR/tinysense.log\" 2>/dev/null || true
+fi
+app_running"
+}
+
+logs_pi() {
+  check_host "$HOST"
+  ssh_cmd
+  remote "$(vars REMOTE_DIR)
+$REMOTE_PRELUDE
+is_ours || { echo \"nothing deployed in \$DIR\"; exit 1; }
+if [[ \$(cat \"\$DIR/mode\") == systemd ]]; then journalctl -u tinysense -n 50 --no-pager
+else tail -n 50 \"\$DIR/tinysense.log\"; fi"
+}
+
+remove_pi() {
+  check_host "$HOST"
+  ssh_cmd
+  remote "$(vars REMOTE_DIR)
+$REMOTE_PRELUDE
+is_ours || { echo \"nothing deployed in \$DIR\"; exit 0; }
+stop_app
+if [[ \$(cat \"\$DIR/mode\" 2>/dev/null) == systemd ]]; then
+  sudo -n systemctl disable --quiet tinysense 2>/dev/null || true
+  sudo -n rm -f /etc/systemd/system/tinysense.service
+  sudo -n systemctl daemon-reload || true
+fi
+rm -rf \"\$DIR\"
+echo \"removed \$DIR\""
+}
+
+# ---- firmware ----------------------------------------------------------------
+
+board_info() {
+  # board -> "target fqbn"
+  case $1 in
+    nano33ble) echo "nrf52840 arduino:mbed_nano:nano33ble" ;;
+    esp32s3) echo "esp32s3 esp32:esp32:esp32s3" ;;
+    pico) echo "rp2040 rp2040:rp2040:rpipico" ;;
+    *) return 1 ;;
+  esac
+}
+
+deploy_firmware() {
+  [[ -n $MODEL ]] || die "firmware needs a bundle folder: ./deploy.sh firmware BUNDLE_DIR --board BOARD --out DIR"
+  check_bundle
+  [[ -n $BOARD ]] || die "--board is required: nano33ble, esp32s3 or pico"
+  [[ -n $OUT ]] || die "--out DIR is required"
+  local info target fqbn name py
+  info=$(board_info "$BOARD") || die "unknown board '$BOARD': use nano33ble, esp32s3 or pico"
+  read -r target fqbn <<<"$info"
+  name=$(basename "$(cd "$MODEL" && pwd)")
+  name=${name//[^A-Za-z0-9_]/_}
+  py="$HERE/.venv/bin/python"
+  [[ -x $py ]] || py=python3
+  [[ -e $OUT ]] && die "$OUT exists: remove it or choose another --out"
+
+  local stage="$OUT.partial"
+  if ((PLATFORMIO)); then
+    run "$py" -m firmware_export "$MODEL" --out "$stage/src" --name "$name" --target "$target" --force
+    if ((DRY_RUN)); then
+      printf '+ write %s/platformio.ini\n' "$stage"
+    else
+      rm -f "$stage/src/$name.ino"
+      cat >"$stage/platformio.ini" <<EOF
+; Written by tinysense deploy.sh for $BOARD. Add a TensorFlow Lite Micro library for your board to lib_deps.
+[env:$BOARD]
+framework = arduino
+board = $(case $BOARD in nano33ble) echo nano33ble ;; esp32s3) echo esp32-s3-devkitc-1 ;; pico) echo pico ;; esac)
+platform = $(case $BOARD in nano33ble) echo nordicnrf52 ;; esp32s3) echo espressif32 ;; pico) echo raspberrypi ;; esac)
+monitor_speed = 115200
+EOF
+    fi
+  else
+    run "$py" -m firmware_export "$MODEL" --out "$stage/$name" --name "$name" --target "$target" --force
+  fi
+  run mv "$stage" "$OUT"
+
+  local sketch="$OUT/$name"
+  if ((PLATFORMIO)); then
+    if command -v pio >/dev/null; then
+      run pio run -d "$OUT"
+      [[ -n $FLASH_PORT ]] && run pio run -d "$OUT" -t upload --upload-port "$FLASH_PORT"
+    else
+      say "PlatformIO project in $OUT. platformio is not installed here; build and flash with:"
+      say "  $(quote pio run -d "$OUT" -t upload ${FLASH_PORT:+--upload-port "$FLASH_PORT"})"
+    fi
+  elif command -v arduino-cli >/dev/null; then
+    run arduino-cli compile --fqbn "$fqbn" "$sketch"
+    [[ -n $FLASH_PORT ]] && run arduino-cli upload -p "$FLASH_PORT" --fqbn "$fqbn" "$sketch"
+  else
+    say "Arduino sketch in $sketch. arduino-cli is not installed here; with a TensorFlow Lite Micro"
+    say "library for the board installed, build and flash with:"
+    say "  $(quote arduino-cli compile --fqbn "$fqbn" "$sketch")"
+    say "  $(quote arduino-cli upload -p "${FLASH_PORT:-PORT}" --fqbn "$fqbn" "$sketch")"
+  fi
+  return 0
+}
+
+# ---- command line --------------------------------------------------------------
+
+# shellcheck disable=SC2034  # options reach remote scripts by name, through vars
+parse_options() {
+  while (($#)); do
+    case $1 in
+      --model) MODEL=${2?--model needs a value}; shift ;;
+      --source) SOURCE=${2?--source needs a value}; shift ;;
+      --port) PORT=${2?--port needs a value}; shift ;;
+      --period) PERIOD=${2?--period needs a value}; shift ;;
+      --format) FORMAT=${2?--format needs a value}; shift ;;
+      --ssh-port) SSH_PORT=${2?--ssh-port needs a value}; shift ;;
+      --ssh-config) SSH_CONFIG=${2?--ssh-config needs a value}; shift ;;
+      --remote-dir) REMOTE_DIR=${2?--remote-dir needs a value}; shift ;;
+      --python) REMOTE_PYTHON=${2?--python needs a value}; shift ;;
+      --board) BOARD=${2?--board needs a value}; shift ;;
+      --out) OUT=${2?--out needs a value}; shift ;;
+      --flash) FLASH_PORT=${2?--flash needs a port}; shift ;;
+      --platformio) PLATFORMIO=1 ;;
+      --no-systemd) USE_SYSTEMD=0 ;;
+      --any-arch) ANY_ARCH=1 ;;
+      --dry-run) DRY_RUN=1 ;;
+      -h | --help) usage; exit 0 ;;
+      *) die "unknown option '$1' (see ./deploy.sh --help)" ;;
+    esac
+    shift
+  done
+}
+
+main() {
+  (($#)) || { usage >&2; exit 2; }
+  local cmd=$1
+  shift
+  case $cmd in
+    pi | status | logs | remove)
+      (($#)) || die "$cmd needs USER@HOST"
+      HOST=$1
+      shift
+      parse_options "$@"
+      case $cmd in
+        pi) deploy_pi ;;
+        status) status_pi ;;
+        logs) logs_pi ;;
+        remove) remove_pi ;;
+      esac
+      ;;
+    unit)
+      parse_options "$@"
+      check_bundle
+      check_options
+      local user=${USER:-pi}
+      unit_text "${REMOTE_DIR:-/home/$user/tinysense}" "$user"
+      ;;
+    firmware)
+      if (($#)) && [[ $1 != --* ]]; then MODEL=$1; shift; fi
+      parse_options "$@"
+      deploy_firmware
+      ;;
+    -h | --help) usage ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"
