@@ -262,3 +262,16 @@ def test_third_party_int8_model_runs_from_a_hand_written_model_json(mlperf_dir, 
     assert stats.predictions == 5 and stats.bad_frames == 0
     # raw pixel 255 with scale 1, zero point -128 is 127: quantized, not wrapped
     assert Preprocessor(b.spec)(np.full((32, 32, 3), 255, np.uint8)).max() == 127
+
+
+def test_replay_from_a_folder_of_images_in_file_order(digits_bundle, tmp_path):
+    from PIL import Image
+
+    for i, value in enumerate((0, 128, 255)):
+        Image.fromarray(np.full((20, 20, 3), value, np.uint8)).save(tmp_path / f"{i:02d}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    b = bundle.load(digits_bundle)
+    frames = list(open_source(f"replay:{tmp_path}", b.spec))
+    assert [int(f.data.mean()) for f in frames] == [0, 128, 255] and frames[0].truth is None
+    stats = run_app(b, iter(frames), app.RunConfig(period=0))
+    assert stats.predictions == 3  # resized to 8x8 and converted to gray on the way

@@ -180,3 +180,28 @@ def test_flatbuffer_reader_sees_float_and_int_ops(digits_bundle):
     info = read((v / "float32.tflite").read_bytes())
     assert "CONV_2D" in info.float_ops and info.input_types == ("FLOAT32",)
     assert arena_size(1000, 5) == 1056
+
+
+def _with_custom_op(model: bytes, code: str) -> bytes:
+    """The same model with its first operator turned into a custom one, re-packed as a real flatbuffer."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    m.operatorCodes[0].builtinCode = schema.BuiltinOperator.CUSTOM
+    m.operatorCodes[0].deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    m.operatorCodes[0].customCode = code
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+@pytest.mark.parametrize("code, words", [("FlexCumprod", "select-TF operators FlexCumprod"),
+                                         ("MyFancyOp", "custom operators MyFancyOp")])
+def test_custom_and_select_tf_ops_are_refused(digits_bundle, tmp_path, code, words):
+    path = tmp_path / "custom.tflite"
+    path.write_bytes(_with_custom_op((digits_bundle / "model.tflite").read_bytes(), code))
+    assert code in read(path.read_bytes()).custom_ops
+    with pytest.raises(ExportError, match=words):
+        export(path, tmp_path / "out", compile_check=False)
+    assert not (tmp_path / "out").exists()
