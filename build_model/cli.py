@@ -13,7 +13,7 @@ from . import BuildError, UsageError
 
 
 def parser() -> argparse.ArgumentParser:
-    from .quantize import VARIANTS  # noqa: F401  (names only; imports TensorFlow lazily below)
+    from .quantize import VARIANTS  # for the --variants help; this imports TensorFlow (a few seconds)
 
     p = argparse.ArgumentParser(
         prog="python -m build_model",
