@@ -199,7 +199,7 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
     micro = tflm.load(src.model)  # raises with TFLM's own reason when it cannot run the model
 
     xs, truth = _inputs(src, micro, PARITY_MAX, inputs)
-    recorded = tflm.recorded_arena_bytes(src.model, xs[0])
+    recorded = tflm.recorded_arena_bytes(micro, xs[0])
     arena = arena_size(recorded, margin_percent)
     micro = tflm.load(src.model, arena_bytes=arena)  # the emitted figure must be enough by itself
     checks = parity(src.model, micro, xs)

@@ -79,6 +79,7 @@ def read(data: bytes) -> ModelInfo:
         if model.SubgraphsLength() < 1:
             raise ExportError("the model has no subgraph: it is empty or truncated")
         ops = []
+        inputs = outputs = ()
         for s in range(model.SubgraphsLength()):
             g = model.Subgraphs(s)
             types = [type_names.get(g.Tensors(t).Type(), "?") for t in range(g.TensorsLength())]
@@ -86,15 +87,13 @@ def read(data: bytes) -> ModelInfo:
             def tt(indices):
                 return tuple(types[i] for i in indices if i >= 0)
 
+            if s == 0:
+                inputs, outputs = tt(g.InputsAsNumpy()), tt(g.OutputsAsNumpy())
             for o in range(g.OperatorsLength()):
                 op = g.Operators(o)
                 name, custom = codes[op.OpcodeIndex()]
                 outs = tuple(int(i) for i in op.OutputsAsNumpy() if i >= 0)
                 ops.append(Op(name, custom, tt(op.InputsAsNumpy()), tt(outs), outs if s == 0 else ()))
-        main = model.Subgraphs(0)
-        main_types = [type_names.get(main.Tensors(t).Type(), "?") for t in range(main.TensorsLength())]
-        inputs = tuple(main_types[i] for i in main.InputsAsNumpy())
-        outputs = tuple(main_types[i] for i in main.OutputsAsNumpy())
     except ExportError:
         raise
     except Exception as e:  # a truncated buffer fails in struct, numpy or index arithmetic

@@ -96,9 +96,8 @@ def can_run(model: bytes) -> tuple[bool, str]:
     return True, ""
 
 
-def recorded_arena_bytes(model: bytes, sample: np.ndarray) -> int:
+def recorded_arena_bytes(m: MicroModel, sample: np.ndarray) -> int:
     """Bytes of arena TFLM's recording allocator used after one invoke on ``sample``."""
-    m = load(model)
     m.run(sample)
     with captured() as err:
         m.interpreter.print_allocations()
