@@ -289,6 +289,8 @@ deploy_pi() {
   config_sha=$(printf '%s\n' "$mode" "${APP_ARGS[@]}" | sha)
   # shellcheck disable=SC2034  # read by name in vars
   local fingerprint="$app_sha $bundle_sha $config_sha"
+  # where tar unpacks: --remote-dir, or ~/tinysense (ssh starts in the home folder)
+  local rdir=${REMOTE_DIR:-tinysense}
 
   # 1. compare what is there with what would be deployed
   local state probe
@@ -321,7 +323,7 @@ mkdir -p \"\$DIR\" && touch \"\$DIR/.tinysense\" && rm -rf \"\$DIR/app.new\" && 
     if ((DRY_RUN)); then
       printf '+ app_tar | %s tar -xf - -C <remote-dir>/app.new\n' "$(quote "${SSH[@]}" "$HOST")"
     else
-      app_tar | "${SSH[@]}" "$HOST" "tar -xf - -C $(printf '%q' "${REMOTE_DIR:-tinysense}")/app.new"
+      app_tar | "${SSH[@]}" "$HOST" "tar -xf - -C $(printf '%q' "$rdir/app.new")"
     fi
     remote "$(vars REMOTE_DIR REMOTE_PYTHON app_sha)
 $REMOTE_PRELUDE
@@ -339,7 +341,6 @@ echo \"\$app_sha\" > \"\$DIR/app.sha\""
 
   # 3. the bundle, swapped in atomically: a new folder, then one rename of the 'current' link
   say "copying the bundle ($bundle_sha) ..."
-  local rdir=${REMOTE_DIR:-tinysense}
   remote "$(vars REMOTE_DIR bundle_sha)
 $REMOTE_PRELUDE
 mkdir -p \"\$DIR/bundles\" && rm -rf \"\$DIR/bundles/\$bundle_sha.new\" && mkdir \"\$DIR/bundles/\$bundle_sha.new\""

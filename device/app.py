@@ -86,14 +86,14 @@ class Classifier:
 
 
 def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: RunConfig,
-        stop: threading.Event | None = None, labels=None, hello: bytes = b"") -> Stats:
+        stop: threading.Event | None = None, hello: bytes = b"") -> Stats:
     """Classify frames from ``source`` until it ends, ``stop`` is set, or a limit is reached.
 
     ``hello`` goes out before every status message, so a receiver that joined late
     (or whose port open flushed the reconnect hello) still learns the labels.
     """
     stop = stop or threading.Event()
-    classify = Classifier(model, labels or encoder.labels, cfg)
+    classify = Classifier(model, encoder.labels, cfg)
     stats = Stats()
     clock = time.monotonic
     period = cfg.period

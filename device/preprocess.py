@@ -9,6 +9,7 @@ import numpy as np
 
 from . import DeviceError
 from .bundle import ModelSpec
+from .quant import quantize
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -43,8 +44,6 @@ class Preprocessor:
             self.height, self.width, self.channels = self.shape[1:]
             self.bgr = pre.color == "bgr"
         self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        info = np.iinfo(self.dtype)
-        self._lo, self._hi = info.min, info.max
         # reused every frame: no allocation on the hot path once the first frame is through
         self._buf = np.empty(self.shape[1:], np.float32)
         self._out = np.empty(self.shape, self.dtype)
@@ -85,14 +84,8 @@ class Preprocessor:
             frame = self._image(frame)
         elif frame.shape != self.shape[1:]:
             raise FrameError(f"sensor window of shape {frame.shape}; the model takes {self.shape[1:]}")
-        # the same operations, in the same order, as device.quant.quantize: bit-identical results
         buf = self._buf
         np.copyto(buf, frame, casting="unsafe")  # to float32 first, as the build side does
         np.subtract(buf, self.mean, out=buf)
         np.divide(buf, self.std, out=buf)
-        np.divide(buf, np.float32(self.scale), out=buf)
-        np.rint(buf, out=buf)
-        np.add(buf, self.zero_point, out=buf)
-        np.clip(buf, self._lo, self._hi, out=buf)
-        self._out[0] = buf
-        return self._out
+        return quantize(buf, self.scale, self.zero_point, self.dtype, out=self._out)

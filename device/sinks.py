@@ -23,7 +23,7 @@ BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 class NullSink:
     """Accepts everything and sends nothing (``--port null``): for benchmarks and dry runs."""
 
-    drops = reconnects = timeouts = 0
+    drops = reconnects = 0
     sent = 0
 
     def send(self, data: bytes) -> None:
@@ -56,7 +56,6 @@ class SerialSink:
         self.queue: collections.deque[bytes] = collections.deque()
         self.limit = queue_messages
         self.drops = 0  # messages dropped because the queue was full or a write timed out
-        self.timeouts = 0
         self.reconnects = 0
         self.sent = 0
         self._cond = threading.Condition()
@@ -123,7 +122,6 @@ class SerialSink:
                 self._write(b"".join(batch))
                 self.sent += len(batch)
             except self._serial.SerialTimeoutException:
-                self.timeouts += 1
                 self.drops += len(batch)  # the link is too slow for these; newer ones may fit
             except (self._serial.SerialException, OSError):
                 self._drop_port()

@@ -107,8 +107,7 @@ def _inputs(src: Source, micro: tflm.MicroModel, count: int, inputs: Path | None
         if x.shape[1:] != shape[1:] and x.shape[1:] != shape:
             raise ExportError(f"--inputs samples have shape {x.shape[1:]}, the model takes {shape[1:]}")
         if x.dtype.kind == "f":
-            d = micro.interpreter.get_input_details(0)["quantization_parameters"]
-            x = quantize(x, float(d["scales"][0]), int(d["zero_points"][0]), dtype)
+            x = quantize(x, micro.input.scale, micro.input.zero_point, dtype)
         elif x.dtype != dtype:
             raise ExportError(f"--inputs holds {x.dtype}, the model takes {dtype} (or floats to quantize)")
         truth = [int(v) for v in data["y"][:count]] if "y" in data else [-1] * len(x)
@@ -208,20 +207,16 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
     g_in = xs[pick]
     g_out = np.stack([micro.run(x) for x in g_in])
 
-    m_in = micro.interpreter.get_input_details(0)
-    m_out = micro.interpreter.get_output_details(0)
+    m_in, m_out = micro.input, micro.output
     spec = src.bundle.spec if src.bundle else None
-    labels = spec.labels if spec else tuple(str(i) for i in range(int(np.prod(m_out["shape"]))))
+    labels = spec.labels if spec else tuple(str(i) for i in range(int(np.prod(m_out.shape))))
     pre = spec.input.preprocess if spec else None
     as_tuple = lambda v: tuple(v) if isinstance(v, tuple) else (v,)  # noqa: E731
     cfg = generate.Config(
         arena_bytes=arena, arena_recorded=recorded, margin_percent=margin_percent,
-        input_shape=tuple(int(s) for s in m_in["shape"]), input_dtype=np.dtype(m_in["dtype"]).name,
-        input_scale=float(m_in["quantization_parameters"]["scales"][0]),
-        input_zero_point=int(m_in["quantization_parameters"]["zero_points"][0]),
-        output_shape=tuple(int(s) for s in m_out["shape"]), output_dtype=np.dtype(m_out["dtype"]).name,
-        output_scale=float(m_out["quantization_parameters"]["scales"][0]),
-        output_zero_point=int(m_out["quantization_parameters"]["zero_points"][0]),
+        input_shape=m_in.shape, input_dtype=m_in.dtype.name, input_scale=m_in.scale,
+        input_zero_point=m_in.zero_point, output_shape=m_out.shape, output_dtype=m_out.dtype.name,
+        output_scale=m_out.scale, output_zero_point=m_out.zero_point,
         labels=labels, mean=as_tuple(pre.mean) if pre else (0.0,), std=as_tuple(pre.std) if pre else (1.0,))
     digest = sha256(src.model)
     source_name = src.path.name if not src.bundle else f"{src.path.name}/model.tflite"

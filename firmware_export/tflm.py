@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from device.runtime import TensorInfo
+
 from . import ExportError
 from .capture import captured
 
@@ -43,13 +45,27 @@ class MicroModel:
         """An intermediate tensor after ``run`` (only with ``keep_tensors``)."""
         return np.asarray(self.interpreter.GetTensor(index, 0)["tensor_data"])
 
+    def _info(self, details: dict) -> TensorInfo:
+        q = details["quantization_parameters"]
+        scale = float(q["scales"][0]) if len(q["scales"]) else 0.0
+        zero_point = int(q["zero_points"][0]) if len(q["zero_points"]) else 0
+        return TensorInfo(0, tuple(int(s) for s in details["shape"]), np.dtype(details["dtype"]), scale, zero_point)
+
+    @property
+    def input(self) -> TensorInfo:
+        return self._info(self.interpreter.get_input_details(0))
+
+    @property
+    def output(self) -> TensorInfo:
+        return self._info(self.interpreter.get_output_details(0))
+
     @property
     def input_dtype(self) -> np.dtype:
-        return np.dtype(self.interpreter.get_input_details(0)["dtype"])
+        return self.input.dtype
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.interpreter.get_input_details(0)["shape"])
+        return self.input.shape
 
 
 def load(model: bytes, arena_bytes: int = PROBE_ARENA_BYTES, keep_tensors: bool = False) -> MicroModel:
@@ -60,16 +76,23 @@ def load(model: bytes, arena_bytes: int = PROBE_ARENA_BYTES, keep_tensors: bool 
     runtime = _runtime()
     config = runtime.InterpreterConfig.kPreserveAllTensors if keep_tensors else \
         runtime.InterpreterConfig.kAllocationRecording
+    it, failure = _attempt(lambda: runtime.Interpreter.from_bytes(model, arena_size=arena_bytes,
+                                                                  intrepreter_config=config))
+    if failure:
+        raise ExportError(f"TensorFlow Lite Micro cannot run this model: {failure}")
+    return MicroModel(it, arena_bytes)
+
+
+def _attempt(call):
+    """``(result, None)``, or ``(None, reason)`` with TFLM's own words from its C-level stderr."""
     with captured() as err:
         try:
-            it = runtime.Interpreter.from_bytes(model, arena_size=arena_bytes, intrepreter_config=config)
+            result = call()
         except (RuntimeError, ValueError) as e:
             failure = str(e)
         else:
             failure = None
-    if failure is not None:
-        raise ExportError(f"TensorFlow Lite Micro cannot run this model: {_reason(err[0], failure)}")
-    return MicroModel(it, arena_bytes)
+    return (result, None) if failure is None else (None, _reason(err[0], failure))
 
 
 def _reason(log: str, fallback: str) -> str:
@@ -82,18 +105,10 @@ def can_run(model: bytes) -> tuple[bool, str]:
     """Whether TFLM can allocate and invoke the model once on a zero input, and why not."""
     try:
         m = load(model)
-        x = np.zeros(m.input_shape, m.input_dtype)
-        with captured() as err:
-            try:
-                m.run(x)
-                ok = None
-            except (RuntimeError, ValueError) as e:
-                ok = str(e)
-        if ok is not None:
-            return False, _reason(err[0], ok)
     except ExportError as e:
         return False, str(e)
-    return True, ""
+    _, failure = _attempt(lambda: m.run(np.zeros(m.input_shape, m.input_dtype)))
+    return failure is None, failure or ""
 
 
 def recorded_arena_bytes(m: MicroModel, sample: np.ndarray) -> int:
