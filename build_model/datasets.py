@@ -1,15 +1,19 @@
 """Datasets, each with a deterministic, seeded, stratified train / validation / test split.
 
 A dataset is chosen by a spec: a registered name (``digits``, ``basicmotions``,
-``mnist``, ``fashion_mnist``, ``cifar10``) or ``images:FOLDER``, ``csv:FILE``,
-``npz:FILE``. Samples stay in their native units (``raw``); ``Dataset.normalise``
-applies the preprocessing that model.json will carry to the device.
+``mnist``, ``fashion_mnist``, ``cifar10``), ``ucr:NAME`` (any UCR/UEA classification
+set through aeon, on its official train/test split), or ``images:FOLDER``,
+``csv:FILE``, ``npz:FILE``. Where the data has its own train/test split (UCR/UEA,
+an npz with ``x_train``.., a csv with a ``split`` column) it is kept and the
+validation split is carved from train only; otherwise one pool is split 70/15/15.
+Samples stay in their native units (``raw``); ``Dataset.normalise`` applies the
+preprocessing that model.json will carry to the device.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +25,8 @@ from . import BuildError, UsageError
 
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
+VAL_OF_TRAIN = 0.2  # validation carved from an official training split
+LENGTH_MODES = ("resample", "pad")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -29,6 +35,7 @@ class Split:
     name: str  # "train", "val" or "test"
     x: np.ndarray  # raw values, float32, (n, *sample_shape)
     y: np.ndarray  # class ids, int64
+    source: np.ndarray | None = None  # per sample, the recording it came from (ids unique across splits)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class Dataset:
     val: Split
     test: Split
     preprocess: Preprocess
+    official_split: bool = False  # test is the dataset's own test split
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -50,6 +58,27 @@ class Dataset:
         mean = np.asarray(self.preprocess.mean, dtype=np.float32)
         std = np.asarray(self.preprocess.std, dtype=np.float32)
         return ((np.asarray(raw, dtype=np.float32) - mean) / std).astype(np.float32)
+
+
+def resize_images(ds: Dataset, height: int, width: int, channels: int) -> Dataset:
+    """The same data set at another image size (and gray repeated to RGB), as the device resizes frames."""
+    from device.preprocess import nearest_maps
+
+    have = ds.sample_shape
+    if have[2] not in (channels, 1):
+        raise BuildError(f"the model takes {channels}-channel images but {ds.name} has {have[2]} channels")
+    rows, cols = nearest_maps(have[:2], (height, width))
+
+    def fit(split: Split) -> Split:
+        x = split.x[:, rows, cols]
+        if x.shape[-1] != channels:
+            x = np.repeat(x, channels, axis=-1)
+        return replace(split, x=np.ascontiguousarray(x))
+
+    train = fit(ds.train)
+    color = ds.preprocess.color if channels == have[2] else "rgb"
+    return replace(ds, train=train, val=fit(ds.val), test=fit(ds.test),
+                   preprocess=_preprocess_for("image", train.x, "gray" if channels == 1 else color))
 
 
 def _stratified_indices(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
@@ -94,9 +123,9 @@ def _from_arrays(name, kind, labels, x, y, seed, color=None) -> Dataset:
     y = np.asarray(y, dtype=np.int64)
     _check_classes(y, name)
     val_i, test_i, train_i = _stratified_indices(y, (VAL_FRACTION, TEST_FRACTION), seed)
-    train = Split("train", x[train_i], y[train_i])
-    return Dataset(name, kind, tuple(labels), train, Split("val", x[val_i], y[val_i]),
-                   Split("test", x[test_i], y[test_i]), _preprocess_for(kind, train.x, color))
+    train = Split("train", x[train_i], y[train_i], train_i)
+    return Dataset(name, kind, tuple(labels), train, Split("val", x[val_i], y[val_i], val_i),
+                   Split("test", x[test_i], y[test_i], test_i), _preprocess_for(kind, train.x, color))
 
 
 def load_digits(seed: int, **_) -> Dataset:
@@ -108,24 +137,115 @@ def load_digits(seed: int, **_) -> Dataset:
                         color="gray")
 
 
-def _windows(x: np.ndarray, y: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut (n, steps, channels) recordings into sliding windows of ``length`` steps."""
+def _windows(name: str, x: np.ndarray, y: np.ndarray, ids: np.ndarray, length: int, stride: int) -> Split:
+    """Cut (n, steps, channels) recordings into sliding windows of ``length`` steps; each keeps its recording id."""
     if length > x.shape[1]:
         raise BuildError(f"--window {length} is longer than the recordings ({x.shape[1]} steps): use a smaller one")
+    if stride <= 0:
+        raise UsageError("--stride must be a positive number of steps")
     starts = range(0, x.shape[1] - length + 1, stride)
     xs = np.stack([x[:, s:s + length] for s in starts], axis=1)  # (n, windows, length, channels)
-    return xs.reshape(-1, length, x.shape[2]), np.repeat(y, len(starts))
+    return Split(name, xs.reshape(-1, length, x.shape[2]), np.repeat(y, len(starts)), np.repeat(ids, len(starts)))
 
 
-def _sensor_from_recordings(name, labels, x, y, seed, window, stride) -> Dataset:
+def _sensor_from_recordings(name, labels, x, y, seed, window, stride, length_mode=None) -> Dataset:
     """Split whole recordings first so no window of a test recording is seen in training."""
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     _check_classes(y, name)
     window = window or x.shape[1]
     parts = _stratified_indices(y, (VAL_FRACTION, TEST_FRACTION), seed)
-    val, test, train = (Split(n, *_windows(x[i], y[i], window, stride)) for n, i in zip(("val", "test", "train"), parts))
-    return Dataset(name, "sensor", tuple(labels), train, val, test, _preprocess_for("sensor", train.x))
+    val, test, train = (_windows(n, x[i], y[i], i, window, stride) for n, i in zip(("val", "test", "train"), parts))
+    return Dataset(name, "sensor", tuple(labels), train, val, test, _sensor_preprocess(train.x, length_mode))
+
+
+def _sensor_preprocess(train_x: np.ndarray, length_mode: str | None) -> Preprocess:
+    pre = _preprocess_for("sensor", train_x)
+    return replace(pre, length=length_mode) if length_mode else pre
+
+
+def _sensor_official(name, labels, x_train, y_train, x_test, y_test, seed, window=None, stride=10,
+                     length_mode=None) -> Dataset:
+    """The dataset's own train/test split; validation is carved from train (stratified, seeded).
+
+    Recording ids: train recordings are 0..n_train-1, test recordings follow, so
+    ``source`` tells where every window came from.
+    """
+    x_train, x_test = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
+    y_train, y_test = np.asarray(y_train, np.int64), np.asarray(y_test, np.int64)
+    _check_classes(y_train, f"{name} (train split)")
+    if len(y_test) == 0:
+        raise BuildError(f"{name}: the test split holds no samples")
+    val_i, train_i = _stratified_indices(y_train, (VAL_OF_TRAIN,), seed)
+    if len(val_i) == 0:
+        raise BuildError(f"{name}: the training split is too small to carve a validation split from it")
+    window = window or x_train.shape[1]
+    test_ids = np.arange(len(y_test)) + len(y_train)
+    train = _windows("train", x_train[train_i], y_train[train_i], train_i, window, stride)
+    val = _windows("val", x_train[val_i], y_train[val_i], val_i, window, stride)
+    test = _windows("test", x_test, y_test, test_ids, window, stride)
+    return Dataset(name, "sensor", tuple(labels), train, val, test, _sensor_preprocess(train.x, length_mode),
+                   official_split=True)
+
+
+def fix_length(recordings, steps: int, mode: str) -> np.ndarray:
+    """Variable-length (channels, steps_i) recordings -> (n, steps, channels) by ``mode``.
+
+    ``resample``: linear interpolation onto ``steps`` evenly spaced points (as Ismail Fawaz
+    et al. do for the multivariate archive); ``pad``: the last sample repeated (longer ones cut).
+    The device applies the same rule (device.preprocess.fit_length), since model.json records it.
+    """
+    from device.preprocess import fit_length
+
+    if mode not in LENGTH_MODES:
+        raise UsageError(f"--length {mode!r}: choose {' or '.join(LENGTH_MODES)}")
+    return np.stack([fit_length(np.asarray(r, np.float32).T, steps, mode) for r in recordings])
+
+
+def _labels_and_ids(*names_per_split):
+    labels = sorted({str(v) for names in names_per_split for v in names}, key=_natural)
+    index = {v: i for i, v in enumerate(labels)}
+    return labels, [np.array([index[str(v)] for v in names], np.int64) for names in names_per_split]
+
+
+def _natural(s: str):
+    """'2' < '10', and numbers before words."""
+    return (0, float(s), s) if _is_number(s) else (1, 0.0, s)
+
+
+def load_ucr(name: str, seed: int, window: int | None = None, stride: int = 10, length: str = "resample",
+             **_) -> Dataset:
+    """A UCR/UEA classification set through aeon's ``load_classification``, on its official split.
+
+    The sets aeon ships (ItalyPowerDemand, ACSF1, BasicMotions, JapaneseVowels, ...) load
+    offline; others are downloaded by aeon into its data folder on first use.
+    """
+    if not name:
+        raise UsageError("ucr: needs a set name, for example ucr:ItalyPowerDemand")
+    try:
+        from aeon.datasets import load_classification
+    except ImportError:
+        raise BuildError("aeon is not installed: pip install 'tinysense[build]'") from None
+    try:
+        (xtr, ytr), (xte, yte) = (load_classification(name, split=s) for s in ("train", "test"))
+    except (ValueError, OSError, KeyError) as e:
+        text = str(e)
+        if "download" in text.lower() or "urlopen" in text or "resolve" in text.lower():
+            raise BuildError(f"UCR/UEA set {name} is not on this machine and cannot be downloaded offline: "
+                             "connect once, or use a set aeon ships (ItalyPowerDemand, ACSF1, BasicMotions, "
+                             "JapaneseVowels, GunPoint, ArrowHead, OSULeaf)") from None
+        raise BuildError(f"cannot load UCR/UEA set {name} ({text.splitlines()[0][:160]})") from None
+    labels, (ytr_i, yte_i) = _labels_and_ids(ytr, yte)
+    mode = None
+    if isinstance(xtr, list) or isinstance(xte, list) or getattr(xtr, "dtype", None) == object:
+        mode = length
+        steps = max(np.asarray(r).shape[-1] for r in (*xtr, *xte))
+        xtr, xte = fix_length(xtr, steps, mode), fix_length(xte, steps, mode)
+    else:
+        xtr, xte = np.asarray(xtr).transpose(0, 2, 1), np.asarray(xte).transpose(0, 2, 1)  # aeon: (n, ch, steps)
+    if np.isnan(xtr).any() or np.isnan(xte).any():
+        raise BuildError(f"UCR/UEA set {name} has missing values (NaN): fill or drop them first")
+    return _sensor_official(name, labels, xtr, ytr_i, xte, yte_i, seed, window, stride, mode)
 
 
 def load_basicmotions(seed: int, window: int | None = 50, stride: int = 10, **_) -> Dataset:
@@ -137,7 +257,7 @@ def load_basicmotions(seed: int, window: int | None = 50, stride: int = 10, **_)
     names = np.concatenate(ys)
     labels = sorted(set(names.tolist()))
     y = np.array([labels.index(n) for n in names])
-    return _sensor_from_recordings("basicmotions", labels, x, y, seed, window, stride)
+    return _sensor_from_recordings("basicmotions", labels, x, y, seed, window or 50, stride)
 
 
 _KERAS = {
@@ -165,11 +285,11 @@ def load_keras(name: str, seed: int, **_) -> Dataset:
         xtr, xte = xtr[..., None], xte[..., None]
     ytr, yte = ytr.reshape(-1), yte.reshape(-1)
     val_i, train_i = _stratified_indices(ytr, (VAL_FRACTION,), seed)
-    train = Split("train", xtr[train_i].astype(np.float32), ytr[train_i].astype(np.int64))
+    train = Split("train", xtr[train_i].astype(np.float32), ytr[train_i].astype(np.int64), train_i)
     return Dataset(name, "image", tuple(labels), train,
-                   Split("val", xtr[val_i].astype(np.float32), ytr[val_i].astype(np.int64)),
-                   Split("test", xte.astype(np.float32), yte.astype(np.int64)),
-                   _preprocess_for("image", train.x, color))
+                   Split("val", xtr[val_i].astype(np.float32), ytr[val_i].astype(np.int64), val_i),
+                   Split("test", xte.astype(np.float32), yte.astype(np.int64), np.arange(len(yte)) + len(ytr)),
+                   _preprocess_for("image", train.x, color), official_split=True)
 
 
 def load_image_folder(path: str, seed: int, image_size: int = 32, **_) -> Dataset:
@@ -199,52 +319,83 @@ def load_image_folder(path: str, seed: int, image_size: int = 32, **_) -> Datase
 
 
 def load_csv(path: str, seed: int, channels: int = 1, window: int | None = None, stride: int = 10, **_) -> Dataset:
-    """One recording per row: ``label,v...``, time-major (every channel at t0, then t1, ...)."""
+    """One recording per row: ``label,v...``, time-major (every channel at t0, then t1, ...).
+
+    A header ``label,split,...`` makes the second column the split (``train`` or ``test``):
+    the file's own split is kept and validation is carved from its train rows.
+    """
     f = Path(path)
     if not f.is_file():
         raise BuildError(f"CSV file {f} does not exist")
-    names, rows = [], []
+    names, rows, splits = [], [], []
+    has_split = False
     with f.open(newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or (lineno == 1 and not _is_number(row[-1])):
-                continue  # blank line or header
-            if rows and len(row) - 1 != len(rows[0]):
-                raise BuildError(f"{f}:{lineno}: {len(row) - 1} values where earlier rows have {len(rows[0])}; "
+            if not row:
+                continue
+            if lineno == 1 and not _is_number(row[-1]):  # a header
+                has_split = len(row) > 1 and row[1].strip().lower() == "split"
+                continue
+            first = 2 if has_split else 1
+            if rows and len(row) - first != len(rows[0]):
+                raise BuildError(f"{f}:{lineno}: {len(row) - first} values where earlier rows have {len(rows[0])}; "
                                  "every row needs the same window length")
             try:
-                rows.append([float(v) for v in row[1:]])
+                rows.append([float(v) for v in row[first:]])
             except ValueError:
                 raise BuildError(f"{f}:{lineno}: a value is not a number") from None
             names.append(row[0].strip())
+            if has_split:
+                split = row[1].strip().lower()
+                if split not in ("train", "test"):
+                    raise BuildError(f"{f}:{lineno}: split {row[1]!r} is neither train nor test")
+                splits.append(split)
     if not rows:
         raise BuildError(f"{f} holds no rows: write one 'label,values...' line per recording")
     if len(rows[0]) % channels:
         raise BuildError(f"{f}: {len(rows[0])} values per row do not divide into {channels} channels")
-    labels = sorted(set(names))
+    labels, (y,) = _labels_and_ids(names)
     x = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1, channels)
-    return _sensor_from_recordings(f.stem, labels, x, [labels.index(n) for n in names], seed, window, stride)
+    if not has_split:
+        return _sensor_from_recordings(f.stem, labels, x, y, seed, window, stride)
+    is_test = np.array([s == "test" for s in splits])
+    return _sensor_official(f.stem, labels, x[~is_test], y[~is_test], x[is_test], y[is_test], seed, window, stride)
+
+
+NPZ_SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def load_npz(path: str, seed: int, window: int | None = None, stride: int = 10, **_) -> Dataset:
-    """``x`` (n, steps, channels) or (n, steps), ``y`` class ids or names, optional ``labels``."""
+    """``x`` (n, steps, channels) or (n, steps) with ``y``, or the four arrays ``x_train, y_train,
+    x_test, y_test`` (the file's own split). ``y``: class ids or names; optional ``labels``."""
     f = Path(path)
     try:
         data = np.load(f, allow_pickle=False)
-        x, y = data["x"], data["y"]
+        split = all(k in data for k in NPZ_SPLIT_KEYS)
+        arrays = [data[k] for k in NPZ_SPLIT_KEYS] if split else [data["x"], data["y"]]
+        names = [str(v) for v in data["labels"]] if "labels" in data else None
     except FileNotFoundError:
         raise BuildError(f"NPZ file {f} does not exist") from None
-    except (KeyError, ValueError, OSError) as e:
-        raise BuildError(f"{f} is not an NPZ with arrays x and y ({e})") from None
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.ndim != 3 or len(x) != len(y):
-        raise BuildError(f"{f}: x must be (n, steps, channels) with one y per row; got x {x.shape}, y {y.shape}")
-    if y.dtype.kind in "US":
-        labels = sorted(set(y.tolist()))
-        y = np.array([labels.index(v) for v in y.tolist()])
+    except (KeyError, ValueError, OSError, EOFError) as e:
+        raise BuildError(f"{f} is not an NPZ with arrays x and y, or x_train, y_train, x_test, y_test ({e})") from None
+    xs, ys = arrays[0::2], arrays[1::2]
+    xs = [x[..., None] if x.ndim == 2 else x for x in xs]
+    for x, y in zip(xs, ys):
+        if x.ndim != 3 or len(x) != len(y):
+            raise BuildError(f"{f}: x must be (n, steps, channels) with one y per row; got x {x.shape}, y {y.shape}")
+    if xs[0].ndim == 3 and len(xs) == 2 and xs[0].shape[1:] != xs[1].shape[1:]:
+        raise BuildError(f"{f}: x_train samples are {xs[0].shape[1:]} but x_test samples are {xs[1].shape[1:]}")
+    if ys[0].dtype.kind in "US":
+        labels, ys = _labels_and_ids(*ys)
     else:
-        labels = [str(v) for v in data["labels"]] if "labels" in data else [str(i) for i in range(int(y.max()) + 1)]
-    return _sensor_from_recordings(f.stem, labels, x, y, seed, window, stride)
+        ys = [np.asarray(y, np.int64) for y in ys]
+        top = max(int(y.max()) for y in ys if len(y))
+        labels = names if names else [str(i) for i in range(top + 1)]
+        if top >= len(labels) or min(int(y.min()) for y in ys if len(y)) < 0:
+            raise BuildError(f"{f}: class ids must be 0..{len(labels) - 1} to match labels")
+    if not split:
+        return _sensor_from_recordings(f.stem, labels, xs[0], ys[0], seed, window, stride)
+    return _sensor_official(f.stem, labels, xs[0], ys[0], xs[1], ys[1], seed, window, stride)
 
 
 def _is_number(s: str) -> bool:
@@ -260,7 +411,8 @@ REGISTRY: dict[str, Callable[..., Dataset]] = {
     "basicmotions": load_basicmotions,
     **{name: (lambda seed, _n=name, **kw: load_keras(_n, seed, **kw)) for name in _KERAS},
 }
-PATH_SCHEMES: dict[str, Callable[..., Dataset]] = {"images": load_image_folder, "csv": load_csv, "npz": load_npz}
+PATH_SCHEMES: dict[str, Callable[..., Dataset]] = {"images": load_image_folder, "csv": load_csv, "npz": load_npz,
+                                                   "ucr": load_ucr}
 
 
 def load(spec: str, seed: int = 0, **options) -> Dataset:
@@ -270,5 +422,5 @@ def load(spec: str, seed: int = 0, **options) -> Dataset:
         return PATH_SCHEMES[scheme](rest, seed, **options)
     if spec in REGISTRY:
         return REGISTRY[spec](seed=seed, **options)
-    known = ", ".join([*REGISTRY, *(f"{s}:PATH" for s in PATH_SCHEMES)])
+    known = ", ".join([*REGISTRY, *(f"{s}:{'NAME' if s == 'ucr' else 'PATH'}" for s in PATH_SCHEMES)])
     raise UsageError(f"unknown dataset {spec!r}: use one of {known}")

@@ -1,15 +1,14 @@
 """Every quantized variant of one trained Keras model, each converted by the real TFLiteConverter.
 
-Naming: ``<weights/activations>`` for plain conversions (float32, float16, dynamic,
-int8, int16x8) and ``<training>_int8`` for the ones that retrain first (qat, pruned,
-clustered) and then convert to full int8. Every variant named ``*int8`` or
-``int16x8`` is full integer: its input, output and every operator are integers,
-and the build fails naming any float operator that remains.
+The presets and their naming are in variants.py. Every model is converted from a
+concrete function with a static batch of 1: the converter then emits TFLite's fused
+sequence operators (UNIDIRECTIONAL_SEQUENCE_LSTM) for Keras RNNs, which a dynamic
+batch cannot lower, and every model gets the [1, ...] input the device feeds it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -20,8 +19,9 @@ from firmware_export.flatbuffer import read as read_flatbuffer
 from . import BuildError, UsageError
 from .calibration import generator
 from .datasets import Dataset
-from .models import compile_for_training, verbosity
 from .tf import keras, tf
+from .training import TrainConfig, fit
+from .variants import BUNDLE_CANDIDATES, PRESETS, parse as parse_variants  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,17 @@ class Context:
 
     ds: Dataset
     calibration: np.ndarray  # normalised float32 training samples
-    fine_tune_epochs: int
-    quiet: bool
+    fine_tune: TrainConfig  # epochs is the maximum for QAT, pruning and clustering
     progress: Callable  # wraps an iterable in a progress bar (or not)
+    notes: list = field(default_factory=list)  # what a variant did differently, for the report
 
 
 def _converter(model):
-    return tf.lite.TFLiteConverter.from_keras_model(model)
+    """A converter for ``model`` traced with a static batch of 1."""
+    shape = [1, *model.input_shape[1:]]
+    fn = tf.function(lambda x: model(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32))
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
 
 
 def _full_integer(model, ctx: Context, ops, io_type) -> bytes:
@@ -71,17 +75,19 @@ def int8(model, ctx: Context) -> bytes:
 
 
 def int16x8(model, ctx: Context) -> bytes:
+    from .models import has_recurrent, unrolled
+
+    # the converter has no 16x8 UNIDIRECTIONAL_SEQUENCE_LSTM; unrolled, the same RNN is plain 16x8 ops
+    model = unrolled(model) if has_recurrent(model) else model
     return _full_integer(model, ctx, tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
                          tf.int16)
 
 
 def _fine_tune(model, ctx: Context, callbacks=()) -> None:
-    """A few epochs at a low learning rate, starting from the trained weights."""
+    """Fine-tune from the trained weights: the same early stopping, at a tenth of the learning rate."""
     ds = ctx.ds
-    compile_for_training(model, learning_rate=1e-4)
-    model.fit(ds.normalise(ds.train.x), ds.train.y, validation_data=(ds.normalise(ds.val.x), ds.val.y),
-              epochs=max(ctx.fine_tune_epochs, 1), batch_size=32, verbose=verbosity(ctx.quiet),
-              callbacks=list(callbacks))
+    fit(model, ds.normalise(ds.train.x), ds.train.y, (ds.normalise(ds.val.x), ds.val.y), ctx.fine_tune,
+        kind=ds.kind, classes=len(ds.labels), callbacks=callbacks)
 
 
 def _clone(model):
@@ -90,14 +96,42 @@ def _clone(model):
     return clone
 
 
-def qat_int8(model, ctx: Context) -> bytes:
+def _qat_wrap(model):
+    """tfmot's quantize_model; where it refuses a layer (an LSTM), every layer its default 8-bit
+    registry supports is annotated and the rest is left to calibration. Returns (model, left out)."""
     import tensorflow_model_optimization as tfmot
 
+    qk = tfmot.quantization.keras
     try:
-        q = tfmot.quantization.keras.quantize_model(_clone(model))
+        return qk.quantize_model(model), []
+    except (ValueError, RuntimeError):
+        pass
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as registry_mod)
+
+    registry = registry_mod.Default8BitQuantizeRegistry()
+    left_out = []
+
+    def annotate(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer
+        if registry.supports(layer):
+            return qk.quantize_annotate_layer(layer)
+        left_out.append(layer.name)
+        return layer
+    try:
+        annotated = keras.models.clone_model(model, clone_function=annotate)
+        return qk.quantize_apply(annotated), left_out
     except (ValueError, RuntimeError) as e:
         raise BuildError(f"quantization-aware training cannot wrap this model ({str(e).splitlines()[0][:150]}); "
                          "leave qat_int8 out with --variants") from None
+
+
+def qat_int8(model, ctx: Context) -> bytes:
+    q, left_out = _qat_wrap(_clone(model))  # a copy: the annotated layers train in place
+    if left_out:
+        ctx.notes.append(f"qat_int8: {', '.join(left_out)} not quantization-aware trained (tfmot has no "
+                         "quantizer for them); they are calibrated as in int8")
     _fine_tune(q, ctx)
     return int8(q, ctx)
 
@@ -106,11 +140,17 @@ def pruned_int8(model, ctx: Context, sparsity: float = 0.5) -> bytes:
     import tensorflow_model_optimization as tfmot
 
     sp = tfmot.sparsity.keras
-    steps = max(ctx.fine_tune_epochs, 1) * int(np.ceil(len(ctx.ds.train.y) / 32))
+    from .training import batch_size_for
+
+    batch = ctx.fine_tune.batch_size or batch_size_for(len(ctx.ds.train.y))
+    steps = max(ctx.fine_tune.epochs, 1) * int(np.ceil(len(ctx.ds.train.y) / batch))
     # reach full sparsity after 60% of the steps so the last ones can recover accuracy
     schedule = sp.PolynomialDecay(initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0,
                                   end_step=max(int(steps * 0.6), 1))
     pruned = sp.prune_low_magnitude(_clone(model), pruning_schedule=schedule)
+    # early stopping would end before the schedule reaches its sparsity: run every epoch
+    ctx = replace(ctx, fine_tune=replace(ctx.fine_tune, min_epochs=ctx.fine_tune.epochs,
+                                                restore_best=False))
     _fine_tune(pruned, ctx, callbacks=[sp.UpdatePruningStep()])
     return int8(sp.strip_pruning(pruned), ctx)
 
@@ -125,38 +165,10 @@ def clustered_int8(model, ctx: Context, clusters: int = 16) -> bytes:
     return int8(cl.strip_clustering(clustered), ctx)
 
 
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    convert: Callable
-    full_integer: bool
-    summary: str
-
-
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("float32", float32, False, "float32 weights and activations (the reference)"),
-    Variant("float16", float16, False, "float16 weights, float32 compute"),
-    Variant("dynamic", dynamic, False, "int8 weights, float activations quantized on the fly"),
-    Variant("int8", int8, True, "full integer: int8 weights, activations, input and output"),
-    Variant("int16x8", int16x8, True, "int8 weights, int16 activations, input and output"),
-    Variant("qat_int8", qat_int8, True, "quantization-aware training, then full int8"),
-    Variant("pruned_int8", pruned_int8, True, "50% magnitude pruning, then full int8"),
-    Variant("clustered_int8", clustered_int8, True, "16-cluster weight sharing, then full int8"),
-)}
-BUNDLE_CANDIDATES = ("int8", "qat_int8")
-
-
-def parse_variants(text: str | None) -> list[str]:
-    """A comma-separated subset, in canonical order; None means all."""
-    if not text:
-        return list(VARIANTS)
-    asked = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in asked if t not in VARIANTS]
-    if unknown:
-        raise UsageError(f"unknown variant {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
-    if not any(v in asked for v in BUNDLE_CANDIDATES):
-        raise UsageError("--variants must include int8 or qat_int8: the bundle carries a full-int8 model")
-    return [v for v in VARIANTS if v in asked]
+CONVERTERS: dict[str, Callable] = {"float32": float32, "float16": float16, "dynamic": dynamic, "int8": int8,
+                                   "int16x8": int16x8, "qat_int8": qat_int8, "pruned_int8": pruned_int8,
+                                   "clustered_int8": clustered_int8}
+VARIANTS = PRESETS
 
 
 def check_full_integer(name: str, model: bytes) -> None:
@@ -170,10 +182,10 @@ def check_full_integer(name: str, model: bytes) -> None:
 
 def convert(name: str, model, ctx: Context) -> bytes:
     """Build one variant's .tflite bytes, checked when it is declared full integer."""
-    variant = VARIANTS[name]
+    variant = PRESETS[name]
     try:
         with captured((2,)):  # the MLIR converter prints its settings on the C-level stderr
-            data = variant.convert(model, ctx)
+            data = CONVERTERS[name](model, ctx)
     except BuildError:
         raise
     except Exception as e:  # the converter raises ConverterError, ValueError, RuntimeError...

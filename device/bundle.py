@@ -46,6 +46,8 @@ class Preprocess:
     layout: str = "NHWC"  # NHWC for images, NWC (batch, steps, channels) for sensor windows
     color: str | None = None  # "gray" or "rgb" for images
     size: tuple[int, ...] | None = None  # (height, width) or (steps,)
+    # sensor recordings of another length: "resample" (linear) or "pad" (last sample repeated); None: refuse
+    length: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "input.preprocess") -> "Preprocess":
@@ -59,6 +61,8 @@ class Preprocess:
         stds = pre.std if isinstance(pre.std, tuple) else (pre.std,)
         if any(s == 0 for s in stds):
             raise DeviceError("model.json: input.preprocess.std must not be 0")
+        if pre.length not in (None, "resample", "pad"):
+            raise DeviceError(f"model.json: input.preprocess.length {pre.length!r} is not resample or pad")
         if pre.color not in (None, "gray", "rgb", "bgr"):
             raise DeviceError(f"model.json: input.preprocess.color {pre.color!r} is not gray, rgb or bgr")
         return pre

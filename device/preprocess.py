@@ -18,6 +18,37 @@ class FrameError(ValueError):
     """One frame that cannot be used (wrong shape); counted and skipped, never fatal."""
 
 
+def fit_length(window: np.ndarray, steps: int, mode: str) -> np.ndarray:
+    """A (steps_i, channels) recording -> (steps, channels): linear ``resample``, or ``pad`` with the last sample.
+
+    The build side uses this very function for variable-length data sets, so both sides agree.
+    """
+    n = window.shape[0]
+    if n == steps:
+        return window
+    if n == 0:
+        raise FrameError("an empty sensor recording")
+    if mode == "resample":
+        src = np.linspace(0.0, n - 1, steps)
+        return np.stack([np.interp(src, np.arange(n), window[:, c]) for c in range(window.shape[1])],
+                        axis=1).astype(np.float32)
+    if n > steps:
+        return window[:steps]
+    return np.concatenate([window, np.repeat(window[-1:], steps - n, axis=0)])
+
+
+def nearest_maps(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices for a nearest-neighbour resize, sampled at pixel centres.
+
+    The device resizes camera frames with these, and the build side resizes a data set
+    to a user model's input size with the same ones, so both see the same pixels.
+    """
+    (h, w), (oh, ow) = src_hw, dst_hw
+    rows = ((np.arange(oh) + 0.5) * h / oh).astype(np.intp)
+    cols = ((np.arange(ow) + 0.5) * w / ow).astype(np.intp)
+    return rows[:, None], cols[None, :]
+
+
 def to_gray(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) RGB -> (H, W, 1) luminance (ITU-R BT.601 weights)."""
     return (rgb[..., :3].astype(np.float32) @ _LUMA)[..., None]
@@ -43,6 +74,7 @@ class Preprocessor:
                 raise DeviceError(f"model.json says image but the input shape is {list(self.shape)}, not NHWC")
             self.height, self.width, self.channels = self.shape[1:]
             self.bgr = pre.color == "bgr"
+        self.length = pre.length
         self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         # reused every frame: no allocation on the hot path once the first frame is through
         self._buf = np.empty(self.shape[1:], np.float32)
@@ -53,10 +85,8 @@ class Preprocessor:
         if (h, w) == (self.height, self.width):
             return img
         maps = self._maps.get((h, w))
-        if maps is None:  # nearest neighbour, sampled at pixel centres
-            rows = ((np.arange(self.height) + 0.5) * h / self.height).astype(np.intp)
-            cols = ((np.arange(self.width) + 0.5) * w / self.width).astype(np.intp)
-            maps = self._maps[(h, w)] = (rows[:, None], cols[None, :])
+        if maps is None:
+            maps = self._maps[(h, w)] = nearest_maps((h, w), (self.height, self.width))
         return img[maps[0], maps[1]]
 
     def _image(self, frame: np.ndarray) -> np.ndarray:
@@ -83,7 +113,10 @@ class Preprocessor:
         if self.kind == "image":
             frame = self._image(frame)
         elif frame.shape != self.shape[1:]:
-            raise FrameError(f"sensor window of shape {frame.shape}; the model takes {self.shape[1:]}")
+            if self.length and frame.ndim == 2 and frame.shape[1] == self.shape[2]:
+                frame = fit_length(frame.astype(np.float32), self.shape[1], self.length)
+            else:
+                raise FrameError(f"sensor window of shape {frame.shape}; the model takes {self.shape[1:]}")
         buf = self._buf
         np.copyto(buf, frame, casting="unsafe")  # to float32 first, as the build side does
         np.subtract(buf, self.mean, out=buf)

@@ -102,13 +102,45 @@ def _reason(log: str, fallback: str) -> str:
 
 
 def can_run(model: bytes) -> tuple[bool, str]:
-    """Whether TFLM can allocate and invoke the model once on a zero input, and why not."""
+    """Whether TFLM can allocate and invoke the model once on a zero input, and why not.
+
+    Runs in a child process: the tflite-micro package can crash the interpreter process
+    outright on some graphs (keras.applications MobileNets, measured), and a crash must
+    be a "no" with a reason, not the end of a build.
+    """
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+        f.write(model)
+        f.flush()
+        r = subprocess.run([sys.executable, "-m", "firmware_export.tflm", f.name], capture_output=True, text=True)
+    if r.returncode < 0:
+        return False, f"the TensorFlow Lite Micro interpreter crashed on this model (signal {-r.returncode})"
+    try:
+        ok, reason = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return False, (r.stderr.strip().splitlines() or [f"the TFLM check failed (exit {r.returncode})"])[-1][:200]
+    return bool(ok), str(reason)
+
+
+def _can_run_here(model: bytes) -> tuple[bool, str]:
     try:
         m = load(model)
     except ExportError as e:
         return False, str(e)
     _, failure = _attempt(lambda: m.run(np.zeros(m.input_shape, m.input_dtype)))
     return failure is None, failure or ""
+
+
+if __name__ == "__main__":  # the child process of can_run: python -m firmware_export.tflm MODEL.tflite
+    import json
+    import sys
+    from pathlib import Path
+
+    print(json.dumps(_can_run_here(Path(sys.argv[1]).read_bytes())))
 
 
 def recorded_arena_bytes(m: MicroModel, sample: np.ndarray) -> int:
