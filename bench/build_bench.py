@@ -23,10 +23,12 @@ sys.path.insert(0, str(ROOT))
 
 from build_model import calibration, datasets, models, quantize  # noqa: E402
 from build_model.tf import tf  # noqa: E402
+from build_model.training import TrainConfig, fit, seed_everything  # noqa: E402
 from device import quant  # noqa: E402
 from device.runtime import Model  # noqa: E402
 from firmware_export.capture import captured  # noqa: E402
 
+TUNE = TrainConfig(epochs=3, min_epochs=0, patience=3, learning_rate=1e-4, quiet=True)
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf-tiny-ic" / "pretrainedResnet.h5"
 
 
@@ -62,14 +64,15 @@ def outputs(data: bytes, ds, cast: bool = False) -> np.ndarray:
 
 def accuracy_figures(name: str, epochs: int) -> None:
     ds = datasets.load(name, seed=0)
-    models.seed_everything(0)
+    seed_everything(0)
     model = models.make(ds)
-    models.fit(model, ds, epochs, quiet=True)
+    fit(model, ds.normalise(ds.train.x), ds.train.y, (ds.normalise(ds.val.x), ds.val.y),
+        TrainConfig(epochs=epochs, quiet=True), ds.kind, len(ds.labels))
     calib = calibration.draw(ds, ds.train, 300, seed=0)
-    ctx = quantize.Context(ds, calib, 3, True, lambda it, **k: it)
+    ctx = quantize.Context(ds, calib, TUNE, lambda it, **k: it)
     probs = {}
     for variant in ("float32", "int8", "qat_int8"):
-        models.seed_everything(0)
+        seed_everything(0)
         probs[variant] = outputs(quantize.convert(variant, model, ctx), ds)
     with captured((2,)):
         blog = blog_recipe(model, ds)
@@ -90,7 +93,7 @@ def accuracy_figures(name: str, epochs: int) -> None:
 def size_figures() -> None:
     ds = datasets.load("digits", seed=0)
     model = models.make(ds)
-    ctx = quantize.Context(ds, calibration.draw(ds, ds.train, 300), 1, True, lambda it, **k: it)
+    ctx = quantize.Context(ds, calibration.draw(ds, ds.train, 300), TUNE, lambda it, **k: it)
     f32, i8 = (len(quantize.convert(v, model, ctx)) for v in ("float32", "int8"))
     params = model.count_params()
     print(f"small default model: {params} parameters; float32 {f32} B, int8 {i8} B "
@@ -105,7 +108,7 @@ def size_figures() -> None:
     x = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2)
     y = np.arange(400) % 10
     synth = datasets._from_arrays("synthetic32", "image", [str(i) for i in range(10)], x, y, 0, color="rgb")
-    ctx = quantize.Context(synth, x[:300].astype(np.float32), 1, True, lambda it, **k: it)
+    ctx = quantize.Context(synth, x[:300].astype(np.float32), TUNE, lambda it, **k: it)
     sizes = {v: len(quantize.convert(v, m, ctx)) for v in ("float32", "float16", "int8")}
     print(f"MLPerf ResNet-8 ({m.count_params()} parameters): " + ", ".join(f"{k} {v} B" for k, v in sizes.items()))
     print(f"  int8/float32 {sizes['int8'] / sizes['float32']:.3f} (target <= 0.32), "
@@ -121,7 +124,7 @@ def demo_time() -> None:
 
 
 if __name__ == "__main__":
-    accuracy_figures("digits", 15)
-    accuracy_figures("basicmotions", 30)
+    accuracy_figures("digits", 300)
+    accuracy_figures("basicmotions", 300)
     size_figures()
     demo_time()

@@ -13,28 +13,45 @@ from . import BuildError, UsageError
 
 
 def parser() -> argparse.ArgumentParser:
-    from .quantize import VARIANTS  # for the --variants help; this imports TensorFlow (a few seconds)
+    from .archs import ARCHS, DEFAULT  # names only: nothing here imports TensorFlow
+    from .variants import NAMES
 
     p = argparse.ArgumentParser(
         prog="python -m build_model",
         description="Train (or load) a Keras classifier, build every quantized variant, measure each through "
                     "the real interpreter, and write a bundle: model.tflite (full int8) + model.json.")
     p.add_argument("--dataset", default="digits",
-                   help="digits (default, offline), basicmotions, mnist, fashion_mnist, cifar10, "
-                        "images:FOLDER, csv:FILE or npz:FILE")
+                   help="digits (default, offline), basicmotions, ucr:NAME (a UCR/UEA set on its official split, "
+                        "e.g. ucr:ItalyPowerDemand), mnist, fashion_mnist, cifar10, images:FOLDER, csv:FILE or npz:FILE")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--variants", help=f"comma-separated subset of: {', '.join(VARIANTS)} (default: all)")
+    p.add_argument("--variants", help=f"comma-separated subset of: {', '.join(NAMES)} (default: all)")
+    p.add_argument("--arch", choices=list(ARCHS),
+                   help=f"architecture (default: {DEFAULT['sensor']} for sensors, {DEFAULT['image']} for images)")
+    p.add_argument("--width", type=float, help="the arch's width multiplier (default 1; mobilenet 0.25)")
     p.add_argument("--model", dest="model_path", help="your own Keras model (.keras, .h5, SavedModel folder)")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (0: use --model as is; default 15)")
-    p.add_argument("--fine-tune-epochs", type=int, default=3, help="epochs for QAT, pruning, clustering (default 3)")
+    p.add_argument("--epochs", type=int, default=300,
+                   help="maximum training epochs; early stopping on the validation loss ends sooner and restores "
+                        "the best epoch (0: use --model as is; default 300)")
+    p.add_argument("--patience", type=int, default=50,
+                   help="epochs without a better validation loss before stopping (default 50)")
+    p.add_argument("--fine-tune-epochs", type=int, default=30,
+                   help="maximum epochs for QAT, pruning, clustering and a --model backbone (default 30)")
+    p.add_argument("--batch-size", type=int, help="default: a tenth of the training split, between 4 and 32")
+    p.add_argument("--augment", action="store_true",
+                   help="augment training batches (sensor: jitter, scaling, time shift; image: flip, shift)")
+    p.add_argument("--class-weight", action="store_true", help="weight classes by inverse frequency (imbalanced data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibration-count", type=int, default=300,
                    help="calibration samples from the training split (default 300, or all when fewer)")
     p.add_argument("--raw-input", action="store_true", help="the model takes raw values: mean 0, std 1")
-    p.add_argument("--window", type=int, default=50, help="sensor window length in steps (default 50)")
+    p.add_argument("--window", type=int, help="cut sensor recordings into windows of N steps "
+                                              "(default: whole recordings; basicmotions: 50)")
     p.add_argument("--stride", type=int, default=10, help="sensor window stride in steps (default 10)")
+    p.add_argument("--length", choices=("resample", "pad"), default="resample",
+                   help="variable-length recordings: resample to the longest (default) or pad with the last sample")
     p.add_argument("--channels", type=int, default=1, help="channels per step in a csv: dataset (default 1)")
     p.add_argument("--image-size", type=int, default=32, help="side of images: from a folder (default 32)")
+    p.add_argument("--no-layer-debug", action="store_true", help="skip the per-layer int8 error analysis")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or step lines")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -46,13 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     try:
         from .pipeline import BuildConfig, build
-        from .quantize import parse_variants
+        from .variants import parse
 
-        cfg = BuildConfig(dataset=args.dataset, out=args.out, variants=tuple(parse_variants(args.variants)),
-                          model_path=args.model_path, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
-                          seed=args.seed, calibration_count=args.calibration_count, raw_input=args.raw_input,
-                          window=args.window, stride=args.stride, channels=args.channels,
-                          image_size=args.image_size, force=args.force, quiet=args.quiet)
+        cfg = BuildConfig(dataset=args.dataset, out=args.out, variants=tuple(parse(args.variants)),
+                          model_path=args.model_path, arch=args.arch, width=args.width, epochs=args.epochs,
+                          fine_tune_epochs=args.fine_tune_epochs, patience=args.patience, batch_size=args.batch_size,
+                          augment=args.augment, class_weight=args.class_weight, seed=args.seed,
+                          calibration_count=args.calibration_count, raw_input=args.raw_input, window=args.window,
+                          stride=args.stride, channels=args.channels, image_size=args.image_size, length=args.length,
+                          layer_debug=not args.no_layer_debug, force=args.force, quiet=args.quiet)
+        if cfg.model_path and cfg.arch:
+            raise UsageError("--arch and --model exclude each other: --model brings its own architecture")
         result = build(cfg, log=log)
     except UsageError as e:
         if args.debug:

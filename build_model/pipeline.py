@@ -15,8 +15,8 @@ from device import atomic
 from device.bundle import ModelSpec, Preprocess, TensorSpec, sha256
 from device.runtime import Model
 
-from . import calibration, datasets, models, quantize, report
-from .evaluate import Evaluation, evaluate
+from . import UsageError, calibration, datasets, variants
+from .evaluate import Evaluation
 
 TESTSET_MAX = 1000
 
@@ -25,19 +25,41 @@ TESTSET_MAX = 1000
 class BuildConfig:
     dataset: str = "digits"
     out: Path = Path("out/digits")
-    variants: tuple[str, ...] = tuple(quantize.VARIANTS)
+    variants: tuple[str, ...] = variants.NAMES
     model_path: str | None = None
-    epochs: int = 15
-    fine_tune_epochs: int = 3
+    arch: str | None = None  # None: archs.DEFAULT for the kind of data
+    width: float | None = None  # the arch's width multiplier (None: its own default)
+    epochs: int = 300  # a maximum; early stopping ends sooner
+    fine_tune_epochs: int = 30  # a maximum for QAT, pruning, clustering and the backbone fine-tune
+    patience: int = 50
+    batch_size: int | None = None
+    augment: bool = False
+    class_weight: bool = False
     seed: int = 0
     calibration_count: int = calibration.DEFAULT_COUNT
     raw_input: bool = False  # a user model that takes raw values: mean 0, std 1
-    window: int | None = 50
+    window: int | None = None  # None: whole recordings (basicmotions: 50)
     stride: int = 10
     channels: int = 1
     image_size: int = 32
+    length: str = "resample"  # variable-length recordings: resample or pad
+    layer_debug: bool = True  # run TensorFlow's QuantizationDebugger on int8
     force: bool = False
     quiet: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.fine_tune_epochs < 0:
+            raise UsageError("--epochs and --fine-tune-epochs must be 0 or more")
+        if self.epochs == 0 and not self.model_path:
+            raise UsageError("--epochs 0 trains nothing: give a trained model with --model, or leave --epochs out")
+        if self.patience < 1:
+            raise UsageError("--patience must be at least 1 epoch")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if self.width is not None and not 0 < self.width <= 4:
+            raise UsageError("--width must be above 0 and at most 4")
+        if self.length not in datasets.LENGTH_MODES:
+            raise UsageError(f"--length must be {' or '.join(datasets.LENGTH_MODES)}")
 
 
 @dataclass
@@ -46,6 +68,8 @@ class BuildResult:
     chosen: str
     results: dict[str, Evaluation]
     table: str
+    diagnosis: object = None  # report.Diagnosis
+    history: object = None  # training.History
 
 
 def _progress(quiet: bool):
@@ -73,7 +97,7 @@ def _tensor_spec(info, preprocess: Preprocess | None = None) -> TensorSpec:
 
 
 def make_spec(cfg: BuildConfig, ds: datasets.Dataset, data: bytes, chosen: str, result: Evaluation,
-              calibration_count: int) -> ModelSpec:
+              calibration_count: int, model_name: str = "", history=None) -> ModelSpec:
     """model.json, with I/O read from the .tflite's own tensors rather than from what we meant."""
     m = Model(data, num_threads=1)
     return ModelSpec(
@@ -82,43 +106,112 @@ def make_spec(cfg: BuildConfig, ds: datasets.Dataset, data: bytes, chosen: str, 
         metrics=result.to_dict(),
         provenance={
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": cfg.model_path or ("small_cnn" if ds.kind == "image" else "sensor_cnn"),
-            "epochs": cfg.epochs,
+            "model": cfg.model_path or model_name,
+            "epochs": {"max": cfg.epochs, "run": history.epochs_run if history else 0,
+                       "best": history.best_epoch + 1 if history else 0},
             "calibration": {"split": "train", "samples": calibration_count, "stratified": True},
-            "split": {"train": len(ds.train.y), "val": len(ds.val.y), "test": len(ds.test.y)},
+            "split": {"train": len(ds.train.y), "val": len(ds.val.y), "test": len(ds.test.y),
+                      "official": ds.official_split},
             "tools": _versions(),
         },
     )
 
 
+def _train_configs(cfg: BuildConfig):
+    from .training import TrainConfig
+
+    main = TrainConfig(epochs=cfg.epochs, patience=cfg.patience, batch_size=cfg.batch_size, augment=cfg.augment,
+                       class_weight=cfg.class_weight, seed=cfg.seed, quiet=cfg.quiet)
+    # fine-tunes start from trained weights: a tenth of the rate, a shorter patience, no minimum
+    tune = replace(main, epochs=cfg.fine_tune_epochs, learning_rate=main.learning_rate / 10,
+                   patience=max(3, min(cfg.patience, cfg.fine_tune_epochs // 3 or 1)), min_epochs=0)
+    return main, tune
+
+
+def train(model, ds: datasets.Dataset, cfg: BuildConfig, log=print):
+    """Train the float model; a user's model with a nested backbone is trained frozen, then fine-tuned."""
+    from . import models
+    from .training import History, fit
+
+    main, tune = _train_configs(cfg)
+    x, val = ds.normalise(ds.train.x), (ds.normalise(ds.val.x), ds.val.y)
+    base = models.backbone(model) if cfg.model_path else None
+    if base is None or cfg.epochs == 0:
+        return fit(model, x, ds.train.y, val, main, ds.kind, len(ds.labels))
+    log(f"transfer learning: {base.name} frozen, then fine-tuned at a tenth of the learning rate")
+    base.trainable = False
+    head = fit(model, x, ds.train.y, val, main, ds.kind, len(ds.labels))
+    base.trainable = True
+    both = fit(model, x, ds.train.y, val, tune, ds.kind, len(ds.labels)) if cfg.fine_tune_epochs else History()
+    merged = History(head.loss + both.loss, head.val_loss + both.val_loss, head.accuracy + both.accuracy,
+                     head.val_accuracy + both.val_accuracy, stopped_early=head.stopped_early)
+    merged.best_epoch = head.epochs_run + both.best_epoch if both.best_epoch >= 0 else head.best_epoch
+    return merged
+
+
+def _fit_data_to_model(model, ds: datasets.Dataset, log) -> datasets.Dataset:
+    """A user's image model at its own input size: the images are resized (as the device will) to fit it."""
+    from . import models
+
+    want = models.image_size_for(model) if ds.kind == "image" else None
+    if want and tuple(want) != ds.sample_shape:
+        log(f"resizing {ds.name} images from {ds.sample_shape} to the model's {want}")
+        return datasets.resize_images(ds, *want)
+    return ds
+
+
 def build(cfg: BuildConfig, log=print) -> BuildResult:
     """Run the whole build; everything lands in ``cfg.out`` at once or not at all."""
     atomic.check_output_dir(cfg.out, cfg.force)  # fail before minutes of training
+    from . import debug, models, quantize, report
+    from .evaluate import evaluate
+    from .training import seed_everything
+
     progress = _progress(cfg.quiet)
     ds = datasets.load(cfg.dataset, seed=cfg.seed, window=cfg.window, stride=cfg.stride, channels=cfg.channels,
-                       image_size=cfg.image_size)
+                       image_size=cfg.image_size, length=cfg.length)
     if cfg.raw_input:
         ds = replace(ds, preprocess=replace(ds.preprocess, mean=0.0, std=1.0))
+    seed_everything(cfg.seed)
+    if cfg.model_path:
+        user = models.conv1d_as_conv2d(models.load_user_model(cfg.model_path))
+        ds = _fit_data_to_model(user, ds, log)
+        models.check_fits(user, ds)
+        model, model_name = user, Path(cfg.model_path).name
+    else:
+        model = models.make(ds, arch=cfg.arch, width=cfg.width)
+        model_name = model.name
     log(f"{ds.name}: {ds.kind}, {len(ds.labels)} classes, samples {ds.sample_shape}, "
-        f"train/val/test {len(ds.train.y)}/{len(ds.val.y)}/{len(ds.test.y)}")
+        f"train/val/test {len(ds.train.y)}/{len(ds.val.y)}/{len(ds.test.y)}"
+        f"{' (its own test split)' if ds.official_split else ''}; model {model_name}, "
+        f"{model.count_params():,} parameters")
 
-    models.seed_everything(cfg.seed)
-    model = models.make(ds, cfg.model_path)
-    models.fit(model, ds, cfg.epochs, cfg.quiet)
+    history = train(model, ds, cfg, log)
+    if history.epochs_run:
+        log(f"trained {history.epochs_run} epochs, restored epoch {history.best_epoch + 1} (best validation loss)")
     calib = calibration.draw(ds, ds.train, cfg.calibration_count, cfg.seed)
-    ctx = quantize.Context(ds, calib, cfg.fine_tune_epochs, cfg.quiet, progress)
+    ctx = quantize.Context(ds, calib, _train_configs(cfg)[1], progress)
 
     tflites: dict[str, bytes] = {}
     results: dict[str, Evaluation] = {}
     for name in cfg.variants:
         log(f"variant {name}: converting")
-        models.seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         tflites[name] = quantize.convert(name, model, ctx)
         results[name] = evaluate(tflites[name], ds, progress, desc=f"evaluating {name}")
 
-    candidates = [v for v in quantize.BUNDLE_CANDIDATES if v in results]
+    layers = []
+    if cfg.layer_debug and "int8" in cfg.variants:
+        log("int8: per-layer error (QuantizationDebugger)")
+        try:
+            layers = debug.layer_errors(model, calib, ds.normalise(ds.val.x))
+        except Exception as e:  # the debugger cannot take some graphs (fused RNNs); the build goes on
+            log(f"  QuantizationDebugger could not run on this model ({str(e).splitlines()[0][:120]})")
+
+    candidates = [v for v in variants.BUNDLE_CANDIDATES if v in results]
     chosen = max(candidates, key=lambda v: (results[v].accuracy, v == "int8"))
-    spec = make_spec(cfg, ds, tflites[chosen], chosen, results[chosen], len(calib))
+    spec = make_spec(cfg, ds, tflites[chosen], chosen, results[chosen], len(calib), model_name, history)
+    diagnosis = report.diagnose(ds, results, chosen, history, debug.worst(layers), ctx.notes)
 
     with atomic.staged_dir(cfg.out, cfg.force) as stage:
         (stage / "variants").mkdir()
@@ -129,10 +222,14 @@ def build(cfg: BuildConfig, log=print) -> BuildResult:
         n = min(len(ds.test.y), TESTSET_MAX)
         np.savez_compressed(stage / "testset.npz", x=ds.test.x[:n], y=ds.test.y[:n],
                             labels=np.array(ds.labels))
-        (stage / "report.json").write_text(report.to_json(results, ds, chosen))
-        (stage / "report.md").write_text(report.markdown(results, ds, chosen))
+        (stage / "report.json").write_text(report.to_json(results, ds, chosen, diagnosis, history, layers))
+        (stage / "report.md").write_text(report.markdown(results, ds, chosen, diagnosis, layers, history, model_name))
         report.plot_variants(results, stage / "variants.png")
+        if history.epochs_run:
+            report.plot_curves(history, stage / "training.png")
+        if layers:
+            report.plot_layers(layers, stage / "layers.png")
         matrix = report.confusion(ds.test.y, results[chosen].predictions, len(ds.labels))
         report.plot_confusion(matrix, ds.labels, f"{ds.name} {chosen}: {results[chosen].accuracy * 100:.1f}% top-1",
                               stage / "confusion.png")
-    return BuildResult(Path(cfg.out), chosen, results, report.table(results))
+    return BuildResult(Path(cfg.out), chosen, results, report.table(results, diagnosis), diagnosis, history)

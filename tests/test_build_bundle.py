@@ -77,7 +77,7 @@ def test_existing_output_needs_force(digits_bundle, capsys, tmp_path):
     out = tmp_path / "b"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, err = _run(capsys, "--out", str(out), "--epochs", "0", "--variants", "int8", "-q")
+    code, err = _run(capsys, "--out", str(out), "--epochs", "1", "--variants", "int8", "-q")
     assert code == 1 and "--force" in err
     assert (out / "keep.txt").read_text() == "mine"
     code, _ = _run(capsys, "--out", str(out), "--epochs", "1", "--variants", "int8", "-q", "--force")
@@ -93,7 +93,7 @@ def test_existing_output_needs_force(digits_bundle, capsys, tmp_path):
 ])
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, argv, code, words):
     out = tmp_path / "o"
-    got, err = _run(capsys, "--out", str(out), "--epochs", "0", "-q", *argv)
+    got, err = _run(capsys, "--out", str(out), "--epochs", "1", "-q", *argv)
     assert got == code and words in err and err.startswith("build_model: error:")
     assert not out.exists()
 
@@ -105,17 +105,23 @@ def test_corrupt_and_mismatched_models(capsys, tmp_path):
     bad.write_bytes(b"not an hdf5 file")
     code, err = _run(capsys, "--out", str(tmp_path / "o"), "--model", str(bad), "-q")
     assert code == 1 and "cannot load Keras model" in err
-    m = keras.Sequential([keras.layers.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
-    path = tmp_path / "cifar.keras"
+    # an image model of another size is fine (the images are resized to it); other classes are not
+    m = keras.Sequential([keras.layers.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    path = tmp_path / "five.keras"
     m.save(path)
     code, err = _run(capsys, "--out", str(tmp_path / "o"), "--model", str(path), "-q")
-    assert code == 1 and "(32, 32, 3)" in err and "(8, 8, 1)" in err
+    assert code == 1 and "5 outputs" in err and "10 classes" in err
+    m = keras.Sequential([keras.layers.Input((50, 6)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    path = tmp_path / "sensor.keras"
+    m.save(path)
+    code, err = _run(capsys, "--out", str(tmp_path / "o"), "--model", str(path), "-q")
+    assert code == 1 and "(50, 6)" in err and "(8, 8, 1)" in err
     assert not (tmp_path / "o").exists()
 
 
 def test_unwritable_output_folder(capsys, tmp_path):
     (tmp_path / "a-file").write_text("")
-    code, err = _run(capsys, "--out", str(tmp_path / "a-file" / "deeper"), "--epochs", "0", "-q")
+    code, err = _run(capsys, "--out", str(tmp_path / "a-file" / "deeper"), "--epochs", "1", "-q")
     assert code == 1 and "cannot create" in err
 
 
