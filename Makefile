@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-no
                    openssh-server openssh-client xxd
 SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd
 
-.PHONY: all venv system-deps demo test bench clean
+.PHONY: all venv system-deps demo test bench bench-ucr clean
 
 all: test
 
@@ -44,11 +44,15 @@ test: venv system-deps
 	$(BIN)/python -m pytest -q
 
 # Every figure in the closing notes; rerun any time (a few minutes, plus --soak if you add it).
-bench: venv system-deps
+bench: venv system-deps bench-ucr
 	$(BIN)/python bench/build_bench.py
 	$(BIN)/python -m build_model --dataset digits --out $(OUT)/digits --force -q
 	$(BIN)/python bench/firmware_bench.py $(OUT)/digits
 	$(BIN)/python bench/device_bench.py $(OUT)/digits
+
+# Every sensor --arch on the UCR/UEA sets aeon ships, against published FCN/ResNet (about 7 min).
+bench-ucr: venv
+	$(BIN)/python bench/ucr_bench.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache
