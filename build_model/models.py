@@ -47,21 +47,16 @@ def check_fits(model: "keras.Model", ds: Dataset) -> None:
         raise BuildError(f"the model has {classes} outputs but {ds.name} has {len(ds.labels)} classes")
 
 
-def make(ds: Dataset, model_path: str | None = None, arch: str | None = None, width: float | None = None):
-    """The model to train: the user's file (Conv1D rewritten) or the named arch for this kind of data."""
-    if model_path:
-        model = conv1d_as_conv2d(load_user_model(model_path))
-    else:
-        a = archs.get(arch, ds.kind)
-        model = a.build(ds.sample_shape, len(ds.labels), **({"width": width} if width else {}))
-    check_fits(model, ds)
-    return model
+def make(ds: Dataset, arch: str | None = None, width: float | None = None):
+    """The named arch (or the default for this kind of data), built for the data set's shape and classes."""
+    a = archs.get(arch, ds.kind)
+    return a.build(ds.sample_shape, len(ds.labels), **({"width": width} if width else {}))
 
 
 def has_recurrent(model) -> bool:
     """Whether any layer (nested models included) is an RNN: those convert only with a static batch."""
-    return any(isinstance(layer, keras.layers.RNN) or has_recurrent(layer) if isinstance(layer, keras.Model)
-               else isinstance(layer, keras.layers.RNN) for layer in model.layers)
+    return any(isinstance(layer, keras.layers.RNN) or (isinstance(layer, keras.Model) and has_recurrent(layer))
+               for layer in model.layers)
 
 
 def backbone(model):
@@ -162,8 +157,6 @@ def unrolled(model):
         if isinstance(layer, keras.layers.RNN):
             config["unroll"] = True
         return layer.__class__.from_config(config)
-    if not isinstance(model, (keras.Sequential,)) and not hasattr(model, "_is_graph_network"):
-        raise BuildError("cannot unroll the RNNs of a subclassed model: give a Sequential or functional one")
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
