@@ -51,7 +51,7 @@ def fcn_parameters(channels: int, classes: int) -> int:
 def measure(name: str, arch: str, seed: int = 0) -> dict:
     from build_model import calibration, datasets, models, quantize
     from build_model.evaluate import evaluate
-    from build_model.pipeline import BuildConfig, _train_configs, train
+    from build_model.pipeline import BuildConfig, train, train_configs
     from build_model.training import seed_everything
     from firmware_export import tflm
 
@@ -62,7 +62,7 @@ def measure(name: str, arch: str, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     history = train(model, ds, cfg, log=lambda *a: None)
     calib = calibration.draw(ds, ds.train, cfg.calibration_count, seed)
-    ctx = quantize.Context(ds, calib, _train_configs(cfg)[1], lambda it, **k: it)
+    ctx = quantize.Context(ds, calib, train_configs(cfg)[1], lambda it, **k: it)
     row = {"set": name, "arch": arch, "params": model.count_params(), "macs": models.count_macs(model),
            "fcn_params": fcn_parameters(ds.sample_shape[1], len(ds.labels)), "epochs": history.epochs_run,
            "best_epoch": history.best_epoch + 1, "train": len(ds.train.y), "test": len(ds.test.y)}

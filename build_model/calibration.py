@@ -39,9 +39,9 @@ def draw(ds: Dataset, split: Split, count: int = DEFAULT_COUNT, seed: int = 0) -
             picked.extend(rng.choice(np.flatnonzero(split.y == cls), size=q, replace=False))
         picked = np.sort(np.asarray(picked))
     samples = ds.normalise(split.x[picked])
-    # a small official training split (ItalyPowerDemand: 53 recordings) cannot give 100: then all of it
-    available = len(np.unique(split.x.reshape(n, -1), axis=0)) if n < 4 * MIN_DISTINCT else MIN_DISTINCT
-    validate(samples, ds.sample_shape, min(MIN_DISTINCT, available))
+    # a training split smaller than MIN_DISTINCT (ItalyPowerDemand: 53 recordings) gives all it has
+    need = MIN_DISTINCT if n >= MIN_DISTINCT else len(np.unique(split.x.reshape(n, -1), axis=0))
+    validate(samples, ds.sample_shape, need)
     return samples
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from firmware_export.capture import captured
 
 from .calibration import generator
-from .quantize import _converter
+from .quantize import converter
 from .tf import tf
 
 DEBUG_SAMPLES = 64
@@ -40,7 +40,7 @@ class LayerError:
 
 def layer_errors(model, calibration: np.ndarray, inputs: np.ndarray) -> list[LayerError]:
     """Per-layer float-vs-int8 error of ``model`` calibrated on ``calibration``, measured on ``inputs``."""
-    c = _converter(model)
+    c = converter(model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = generator(calibration)
     with captured((2,)):

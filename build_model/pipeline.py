@@ -117,7 +117,7 @@ def make_spec(cfg: BuildConfig, ds: datasets.Dataset, data: bytes, chosen: str, 
     )
 
 
-def _train_configs(cfg: BuildConfig):
+def train_configs(cfg: BuildConfig):
     from .training import TrainConfig
 
     main = TrainConfig(epochs=cfg.epochs, patience=cfg.patience, batch_size=cfg.batch_size, augment=cfg.augment,
@@ -133,7 +133,7 @@ def train(model, ds: datasets.Dataset, cfg: BuildConfig, log=print):
     from . import models
     from .training import History, fit
 
-    main, tune = _train_configs(cfg)
+    main, tune = train_configs(cfg)
     x, val = ds.normalise(ds.train.x), (ds.normalise(ds.val.x), ds.val.y)
     base = models.backbone(model) if cfg.model_path else None
     if base is None or cfg.epochs == 0:
@@ -190,7 +190,7 @@ def build(cfg: BuildConfig, log=print) -> BuildResult:
     if history.epochs_run:
         log(f"trained {history.epochs_run} epochs, restored epoch {history.best_epoch + 1} (best validation loss)")
     calib = calibration.draw(ds, ds.train, cfg.calibration_count, cfg.seed)
-    ctx = quantize.Context(ds, calib, _train_configs(cfg)[1], progress)
+    ctx = quantize.Context(ds, calib, train_configs(cfg)[1], progress)
 
     tflites: dict[str, bytes] = {}
     results: dict[str, Evaluation] = {}

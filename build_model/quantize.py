@@ -35,7 +35,7 @@ class Context:
     notes: list = field(default_factory=list)  # what a variant did differently, for the report
 
 
-def _converter(model):
+def converter(model):
     """A converter for ``model`` traced with a static batch of 1."""
     shape = [1, *model.input_shape[1:]]
     fn = tf.function(lambda x: model(x, training=False))
@@ -44,7 +44,7 @@ def _converter(model):
 
 
 def _full_integer(model, ctx: Context, ops, io_type) -> bytes:
-    c = _converter(model)
+    c = converter(model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = generator(ctx.calibration, lambda it: ctx.progress(it, desc="calibrating"))
     c.target_spec.supported_ops = [ops]
@@ -54,18 +54,18 @@ def _full_integer(model, ctx: Context, ops, io_type) -> bytes:
 
 
 def float32(model, ctx: Context) -> bytes:
-    return _converter(model).convert()
+    return converter(model).convert()
 
 
 def float16(model, ctx: Context) -> bytes:
-    c = _converter(model)
+    c = converter(model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.target_spec.supported_types = [tf.float16]
     return c.convert()
 
 
 def dynamic(model, ctx: Context) -> bytes:
-    c = _converter(model)
+    c = converter(model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     return c.convert()
 

@@ -7,6 +7,7 @@ The same ``fit`` trains the float model and fine-tunes QAT, pruning and clusteri
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,8 +173,6 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0:
-            import sys
-
             logs = logs or {}
             print(f"  epoch {epoch + 1}: loss {logs.get('loss', 0):.4f} accuracy {logs.get('accuracy', 0):.4f} "
                   f"val_loss {logs.get('val_loss', 0):.4f} val_accuracy {logs.get('val_accuracy', 0):.4f}",
