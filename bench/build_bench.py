@@ -26,7 +26,7 @@ from build_model.tf import tf  # noqa: E402
 from build_model.training import TrainConfig, fit, seed_everything  # noqa: E402
 from device import quant  # noqa: E402
 from device.runtime import Model  # noqa: E402
-from firmware_export.capture import captured  # noqa: E402
+from device.capture import captured  # noqa: E402
 
 TUNE = TrainConfig(epochs=3, min_epochs=0, patience=3, learning_rate=1e-4, quiet=True)
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf-tiny-ic" / "pretrainedResnet.h5"

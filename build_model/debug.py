@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from firmware_export.capture import captured
+from device.capture import captured
 
 from .calibration import generator
 from .quantize import converter

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from firmware_export.capture import captured
+from device.capture import captured
 from firmware_export.flatbuffer import read as read_flatbuffer
 
 from . import BuildError, UsageError

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import warnings  # noqa: E402
 
-from firmware_export.capture import captured  # noqa: E402
+from device.capture import captured  # noqa: E402
 
 # TensorFlow's C++ side logs at import (oneDNN, CUDA probing) before any setting can stop it.
 with captured((2,)):

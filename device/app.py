@@ -86,7 +86,7 @@ class Classifier:
 
 
 def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: RunConfig,
-        stop: threading.Event | None = None, hello: bytes = b"") -> Stats:
+        stop: threading.Event | None = None, hello: bytes = b"", on_status=None) -> Stats:
     """Classify frames from ``source`` until it ends, ``stop`` is set, or a limit is reached.
 
     ``hello`` goes out before every status message, so a receiver that joined late
@@ -101,10 +101,26 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: Ru
     next_status = next_tick + cfg.status_every
     end = next_tick + cfg.duration if cfg.duration else None
     frames = iter(source)
+    counters = getattr(source, "counters", None)  # a source's own faults (bad lines, reopens)
+
+    def status() -> dict:
+        msg = stats.status(sink, period)
+        if counters:
+            msg.update(counters())
+        if on_status:
+            on_status(msg)
+        return msg
+
     while not stop.is_set():
+        sink.check()  # a dead writer ends the run (DeviceError), never a blind loop
         if cfg.max_frames is not None and stats.frames >= cfg.max_frames:
             break
         now = clock()
+        if now >= next_status:  # here, not after a prediction: a device whose sensor is gone still reports
+            if hello:
+                sink.send(hello)
+            sink.send(encoder.encode(status()))
+            next_status = now + cfg.status_every
         if end is not None and now >= end:
             break
         if period > 0 and now < next_tick:
@@ -143,7 +159,7 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: Ru
         if frame.truth is not None:
             msg["truth"] = frame.truth
             stats.labelled += 1
-            stats.correct += int(best == frame.truth)
+            stats.correct += int(best == frame.truth and label != UNKNOWN)  # as the monitor counts it
         sink.send(encoder.encode(msg))
         t5 = clock()
         stats.predictions += 1
@@ -153,13 +169,9 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: Ru
         stats.total_ms.append((t5 - t0) * 1e3)
         if period > 0 and t5 - t0 > period:
             stats.misses += 1
-        if t5 >= next_status:
-            if hello:
-                sink.send(hello)
-            sink.send(encoder.encode(stats.status(sink, period)))
-            next_status = t5 + cfg.status_every
         next_tick = _advance(next_tick, period, clock())
-    sink.send(encoder.encode(stats.status(sink, period)))
+    sink.send(encoder.encode(status()))
+    sink.check()
     return stats
 
 

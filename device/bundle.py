@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,12 +19,83 @@ from . import DeviceError
 
 FORMAT = "tinysense-bundle/1"
 INTEGER_DTYPES = ("int8", "uint8", "int16")
+DTYPES = (*INTEGER_DTYPES, "float32", "float16", "int32")
+DTYPE_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+LAYOUTS = ("NHWC", "NWC")
+KINDS = ("image", "sensor")
+MAX_JSON_BYTES = 1 << 20  # a model.json with 100,000 labels is about 1 MB
+MAX_JSON_DEPTH = 16
+
+
+def _number(value, where: str, positive: bool = False) -> float:
+    """A finite JSON number (not a string, not a bool); positive when asked."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DeviceError(f"model.json: {where} must be a number, not {json.dumps(value)[:40]}")
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise DeviceError(f"model.json: {where} must be a finite{' positive' if positive else ''} number, "
+                          f"not {value}")
+    return float(value)
+
+
+def _integer(value, where: str, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DeviceError(f"model.json: {where} must be a whole number, not {json.dumps(value)[:40]}")
+    if low is not None and value < low:
+        raise DeviceError(f"model.json: {where} must be at least {low}, not {value}")
+    return value
+
+
+def _numbers(value, where: str, positive: bool = False) -> float | tuple[float, ...]:
+    if isinstance(value, list):
+        if not value:
+            raise DeviceError(f"model.json: {where} is an empty list")
+        return tuple(_number(v, f"{where}[{i}]", positive) for i, v in enumerate(value))
+    return _number(value, where, positive)
+
+
+def _ints(value, where: str, low: int = 1) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise DeviceError(f"model.json: {where} must be a non-empty list of whole numbers")
+    return tuple(_integer(v, f"{where}[{i}]", low) for i, v in enumerate(value))
+
+
+def _choice(value, where: str, choices) -> None:
+    if value not in choices:
+        raise DeviceError(f"model.json: {where} {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _depth(value, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth, without recursion (a hostile file can nest thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            break
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON within the size and depth bounds, as one DeviceError otherwise."""
+    if len(text) > MAX_JSON_BYTES:
+        raise DeviceError(f"{where} is {len(text):,} bytes, more than the {MAX_JSON_BYTES:,} a model.json may be")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise DeviceError(f"{where} is not valid JSON ({str(e)[:80]}); rebuild the bundle") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise DeviceError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels: it is not a model.json")
+    return data
 
 
 def _from_dict(cls, data: Any, where: str):
     if not isinstance(data, dict):
         raise DeviceError(f"model.json: {where} must be an object")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if f.compare}  # "where" is ours, not the file's
     unknown = sorted(set(data) - names)
     if unknown:
         raise DeviceError(f"model.json: unknown key(s) {', '.join(unknown)} in {where}; remove them")
@@ -49,23 +121,21 @@ class Preprocess:
     # sensor recordings of another length: "resample" (linear) or "pad" (last sample repeated); None: refuse
     length: str | None = None
 
+    def __post_init__(self):
+        where = "input.preprocess"
+        for key, positive in (("mean", False), ("std", True)):
+            v = getattr(self, key)
+            object.__setattr__(self, key, _numbers(list(v) if isinstance(v, tuple) else v, f"{where}.{key}",
+                                                   positive))
+        _choice(self.layout, f"{where}.layout", LAYOUTS)
+        _choice(self.color, f"{where}.color", (None, "gray", "rgb", "bgr"))
+        _choice(self.length, f"{where}.length", (None, "resample", "pad"))
+        if self.size is not None:
+            object.__setattr__(self, "size", _ints(list(self.size), f"{where}.size"))
+
     @classmethod
     def from_dict(cls, data: Any, where: str = "input.preprocess") -> "Preprocess":
-        d = dict(_from_dict(cls, data, where))
-        for key in ("mean", "std"):
-            if isinstance(d.get(key), list):
-                d[key] = tuple(float(v) for v in d[key])
-        if d.get("size") is not None:
-            d["size"] = tuple(int(v) for v in d["size"])
-        pre = cls(**d)
-        stds = pre.std if isinstance(pre.std, tuple) else (pre.std,)
-        if any(s == 0 for s in stds):
-            raise DeviceError("model.json: input.preprocess.std must not be 0")
-        if pre.length not in (None, "resample", "pad"):
-            raise DeviceError(f"model.json: input.preprocess.length {pre.length!r} is not resample or pad")
-        if pre.color not in (None, "gray", "rgb", "bgr"):
-            raise DeviceError(f"model.json: input.preprocess.color {pre.color!r} is not gray, rgb or bgr")
-        return pre
+        return cls(**_from_dict(cls, data, where))
 
 
 @dataclass(frozen=True)
@@ -76,15 +146,25 @@ class TensorSpec:
     zero_point: int
     preprocess: Preprocess | None = None
 
+    where: str = field(default="tensor", repr=False, compare=False)
+
+    def __post_init__(self):
+        w = self.where
+        object.__setattr__(self, "shape", _ints(list(self.shape), f"{w}.shape"))
+        _choice(self.dtype, f"{w}.dtype", DTYPES)
+        integer = self.dtype in INTEGER_DTYPES
+        object.__setattr__(self, "scale", _number(self.scale, f"{w}.scale", positive=integer))
+        zp = _integer(self.zero_point, f"{w}.zero_point")
+        low, high = DTYPE_RANGE.get(self.dtype, (zp, zp))
+        if not low <= zp <= high:
+            raise DeviceError(f"model.json: {w}.zero_point {zp} is outside {self.dtype} ({low}..{high})")
+
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "TensorSpec":
         d = dict(_from_dict(cls, data, where))
-        d["shape"] = tuple(int(v) for v in d["shape"])
-        d["scale"] = float(d["scale"])
-        d["zero_point"] = int(d["zero_point"])
         if d.get("preprocess") is not None:
             d["preprocess"] = Preprocess.from_dict(d["preprocess"], f"{where}.preprocess")
-        return cls(**d)
+        return cls(**d, where=where)
 
 
 @dataclass(frozen=True)
@@ -103,29 +183,46 @@ class ModelSpec:
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        labels = self.labels
+        if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(v, str) for v in labels):
+            raise DeviceError("model.json: labels must be a non-empty list of strings")
+        object.__setattr__(self, "labels", tuple(labels))
+        _choice(self.kind, "kind", KINDS)
+        if not isinstance(self.tflite_sha256, str):  # load() compares it with the file itself
+            raise DeviceError("model.json: tflite_sha256 must be a string")
+        pre = self.input.preprocess
+        if pre is None:
+            raise DeviceError("model.json: input.preprocess is missing (mean, std, layout)")
+        if self.output.shape[-1] != len(labels):
+            raise DeviceError(f"model.json: {len(labels)} labels but the output has {self.output.shape[-1]} classes")
+        want_layout = "NHWC" if self.kind == "image" else "NWC"
+        rank = 4 if self.kind == "image" else 3
+        if pre.layout != want_layout or len(self.input.shape) != rank:
+            raise DeviceError(f"model.json: a {self.kind} model takes {want_layout} input of rank {rank}, "
+                              f"not {pre.layout} {list(self.input.shape)}")
+        channels = self.input.shape[-1]
+        for key in ("mean", "std"):
+            v = getattr(pre, key)
+            if isinstance(v, tuple) and len(v) not in (1, channels):
+                raise DeviceError(f"model.json: input.preprocess.{key} has {len(v)} values for {channels} channels")
+
     @classmethod
     def from_dict(cls, data: Any) -> "ModelSpec":
         d = dict(_from_dict(cls, data, "the top level"))
-        d["labels"] = tuple(str(v) for v in d["labels"])
         d["input"] = TensorSpec.from_dict(d["input"], "input")
         d["output"] = TensorSpec.from_dict(d["output"], "output")
-        spec = cls(**d)
-        if spec.kind not in ("image", "sensor"):
-            raise DeviceError(f"model.json: kind {spec.kind!r} is neither image nor sensor")
-        if spec.input.preprocess is None:
-            raise DeviceError("model.json: input.preprocess is missing (mean, std, layout)")
-        if spec.output.shape[-1] != len(spec.labels):
-            raise DeviceError(
-                f"model.json: {len(spec.labels)} labels but the output has {spec.output.shape[-1]} classes"
-            )
-        return spec
+        for key in ("metrics", "provenance"):
+            if not isinstance(d.get(key, {}), dict):
+                raise DeviceError(f"model.json: {key} must be an object")
+        return cls(**d)
 
     def to_dict(self) -> dict:
         def clean(v):
             if dataclasses.is_dataclass(v):
                 v = dataclasses.asdict(v)
             if isinstance(v, dict):  # None and empty objects are left out, as a hand-written file would
-                return {k: clean(x) for k, x in v.items() if x is not None and x != {}}
+                return {k: clean(x) for k, x in v.items() if x is not None and x != {} and k != "where"}
             if isinstance(v, (tuple, list)):
                 return [clean(x) for x in v]
             return v
@@ -177,11 +274,11 @@ def load(path: str | Path) -> Bundle:
         if not (path / name).is_file():
             raise DeviceError(f"bundle {path} is incomplete: {name} is missing; rebuild it with python -m build_model")
     try:
-        raw = json.loads((path / "model.json").read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DeviceError(f"{path / 'model.json'} is not valid JSON ({e}); rebuild the bundle") from None
+        text = (path / "model.json").read_text()
+    except UnicodeDecodeError:
+        raise DeviceError(f"{path / 'model.json'} is not UTF-8 text; rebuild the bundle") from None
     try:
-        spec = ModelSpec.from_dict(raw)
+        spec = ModelSpec.from_dict(parse_json(text, str(path / "model.json")))
     except (TypeError, ValueError) as e:
         raise DeviceError(f"{path / 'model.json'}: {e}") from None
     model = (path / "model.tflite").read_bytes()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import signal
 import sys
 import threading
@@ -30,7 +32,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--smoothing", type=int, default=1, help="average the scores of the last N frames")
     p.add_argument("--threshold", type=float, default=0.0, help="below this score the label is 'unknown'")
-    p.add_argument("--status-every", type=float, default=10.0, help="seconds between status messages")
+    p.add_argument("--status-every", type=float, default=10.0,
+                   help="seconds between status messages, sent on the port and printed as one line on stdout "
+                        "(the journal, deploy.sh logs)")
+    p.add_argument("--quiet-status", action="store_true", help="no status lines on stdout")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -45,9 +50,45 @@ def summary_text(stats, sink) -> str:
     return "device: " + ", ".join(parts)
 
 
+MAX_THREADS = 64
+
+
+def check_args(args) -> None:
+    """Refuse values the loop cannot honour, each with one line that says what to pass."""
+    def finite(name, value, low=0.0, low_open=False):
+        if not math.isfinite(value) or value < low or (low_open and value == low):
+            raise DeviceError(f"--{name} must be a finite number {'above' if low_open else 'of at least'} {low:g}, "
+                              f"not {value}")
+    finite("period", args.period)
+    finite("status-every", args.status_every, low_open=True)
+    finite("threshold", args.threshold)
+    if args.duration is not None:
+        finite("duration", args.duration, low_open=True)
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise DeviceError(f"--threads must be 1 to {MAX_THREADS} (this machine has {os.cpu_count()} cores)")
+    if not 1 <= args.topk <= 255:
+        raise DeviceError("--topk must be 1 to 255")
+    if args.smoothing < 1:
+        raise DeviceError("--smoothing must be at least 1 frame")
+    if args.max_frames is not None and args.max_frames < 0:
+        raise DeviceError("--max-frames must be 0 or more")
+    if args.baud <= 0:
+        raise DeviceError("--baud must be positive")
+
+
+def status_line(msg: dict) -> str:
+    """One line for the journal: what a person checks first on a live device."""
+    lat = msg.get("latency_ms", {})
+    extra = "".join(f" {k.replace('_', ' ')} {msg[k]}" for k in ("bad_lines", "source_reconnects") if k in msg)
+    return (f"status: frames {msg['frames']} predictions {msg['predictions']} bad frames {msg['bad_frames']} "
+            f"misses {msg['misses']} drops {msg['drops']} reconnects {msg['reconnects']}{extra} "
+            f"p50 {lat.get('p50', 0):.3f} ms p99 {lat.get('p99', 0):.3f} ms uptime {msg['uptime']:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     stop = threading.Event()
+    interrupted = []
     sink = source = None
     try:
         from . import bundle as bundle_mod
@@ -58,31 +99,41 @@ def main(argv: list[str] | None = None) -> int:
         from .sinks import open_sink
         from .sources import open_source
 
-        if args.period < 0:
-            raise DeviceError("--period must be 0 or more seconds")
+        check_args(args)
         b = bundle_mod.load(args.model)
         model = Model(b.model, num_threads=args.threads)
         model.check(b.spec)
         pre = Preprocessor(b.spec)
-        encoder = Encoder(args.format, b.spec.labels)
+        try:
+            encoder = Encoder(args.format, b.spec.labels)
+        except ValueError as e:
+            raise DeviceError(str(e)) from None
         source = open_source(args.source, b.spec)
         hello = encoder.encode({"type": "hello", "labels": list(b.spec.labels), "period": args.period,
                                 "format": args.format, "model_sha256": b.spec.tflite_sha256})
         sink = open_sink(args.port, baudrate=args.baud, hello=hello)
+        def on_signal(sig, _frame):
+            if sig == signal.SIGINT:
+                interrupted.append(sig)
+            stop.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
         cfg = app.RunConfig(period=args.period, max_frames=args.max_frames, duration=args.duration, topk=args.topk,
                         smoothing=args.smoothing, threshold=args.threshold, status_every=args.status_every)
-        stats = app.run(model, pre, source, sink, encoder, cfg, stop, hello=hello)
+        printer = None if args.quiet_status else (lambda msg: print(status_line(msg), flush=True))
+        stats = app.run(model, pre, source, sink, encoder, cfg, stop, hello=hello, on_status=printer)
         sink.flush(2.0)
         print(summary_text(stats, sink), file=sys.stderr)
         print(json.dumps({"summary": stats.status(sink, args.period)}), file=sys.stderr)
-        return 0
+        return 130 if interrupted else 0
     except DeviceError as e:
         if args.debug:
             raise
         print(f"device: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the handlers were installed
+        print("device: interrupted", file=sys.stderr)
+        return 130
     finally:
         if sink is not None:
             sink.close()

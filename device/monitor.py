@@ -45,28 +45,38 @@ class Monitor:
 
     def feed(self, data: bytes) -> list[dict]:
         msgs = self.decoder.feed(data)
+        kept = []
         for m in msgs:
-            kind = m.get("type")
-            if kind == "hello":
-                self.period = float(m.get("period", 0) or 0)
-            elif kind == "status":
-                self.status = m
-            elif kind in ("prediction", "skip"):
-                self._sequence(int(m["seq"]))
-                if kind == "skip":
-                    self.skips += 1
-                    continue
-                self.last = m
-                self.predictions += 1
-                self.counts[m["label"]] = self.counts.get(m["label"], 0) + 1
-                if len(self.latency) < 100_000:
-                    self.latency.append(sum(m.get("ms", {}).values()))
-                if "truth" in m:
-                    self.labelled += 1
-                    labels = self.decoder.labels
-                    truth = labels[m["truth"]] if m["truth"] < len(labels) else str(m["truth"])
-                    self.correct += int(m["label"] == truth)
-        return msgs
+            try:
+                self._take(m)
+                kept.append(m)
+            except (TypeError, ValueError, KeyError, AttributeError):  # a well-framed message with odd values
+                self.decoder.errors += 1
+        return kept
+
+    def _take(self, m: dict) -> None:
+        """One checked message into the state; odd values raise before anything changes."""
+        kind = m["type"]
+        if kind == "hello":
+            self.period = float(m.get("period", 0) or 0)
+        elif kind == "status":
+            self.status = m
+        elif kind == "skip":
+            self._sequence(m["seq"])
+            self.skips += 1
+        elif kind == "prediction":
+            latency = sum(float(v) for v in m.get("ms", {}).values())
+            self._sequence(m["seq"])
+            self.last = m
+            self.predictions += 1
+            self.counts[m["label"]] = self.counts.get(m["label"], 0) + 1
+            if len(self.latency) < 100_000:
+                self.latency.append(latency)
+            if "truth" in m:
+                self.labelled += 1
+                labels = self.decoder.labels
+                truth = labels[m["truth"]] if 0 <= m["truth"] < len(labels) else str(m["truth"])
+                self.correct += int(m["label"] == truth)  # an "unknown" counts as wrong, as on the device
 
     def _sequence(self, seq: int) -> None:
         if self._next_seq is not None:
@@ -75,6 +85,14 @@ class Monitor:
             elif seq < self._next_seq:
                 self.restarts += 1
         self._next_seq = seq + 1
+
+    def hint(self) -> str | None:
+        """One line when nothing decoded and the bytes look like the other --format."""
+        if self.predictions == 0 and self.decoder.other_format:
+            other = "binary" if self.decoder.format == "jsonl" else "jsonl"
+            return (f"monitor: {self.errors} decode errors and no predictions: the stream looks like "
+                    f"--format {other}")
+        return None
 
     def summary(self) -> dict:
         lat = np.asarray(self.latency) if self.latency else np.zeros(1)
@@ -177,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         if state["port"] is not None:
             state["port"].close()
     print(json.dumps(monitor.summary()) if args.json else monitor.render())
+    if monitor.hint():
+        print(monitor.hint(), file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,12 @@ Message kinds (the ``type`` field): ``hello`` (labels, period; sent on every
 ``skip`` (seq and reason of a frame that could not be classified) and ``status``.
 ``seq`` counts frames in the order they were taken, so a gap at the receiver is a
 message lost on the way, never a frame skipped on purpose.
+
+Bounds: ``seq`` is 64-bit in the binary form (it cannot wrap in the life of a device),
+``truth`` 32-bit, at most MAX_TOPK top-k entries (``topk_capped`` says when the list
+was cut), at most MAX_LABELS labels; a hello or status may be of any size up to
+MAX_FRAME. The decoder checks every field's type, so a damaged message is counted
+as an error and never reaches its reader.
 """
 
 from __future__ import annotations
@@ -24,12 +30,14 @@ from typing import Iterable
 FORMATS = ("jsonl", "binary")
 STAGES = ("capture", "preprocess", "invoke", "postprocess")
 UNKNOWN = "unknown"
-MAX_FRAME = 4096  # bytes; a longer run without a delimiter is garbage and is dropped
+MAX_FRAME = 1 << 20  # bytes; a longer run without a delimiter is garbage and is dropped
+MAX_TOPK = 255
+MAX_LABELS = 0xFFFF  # label indices are 16-bit; 0xFFFF means unknown
 
-_PRED = struct.Struct("<IdHfhB")  # seq, t, label index (0xFFFF unknown), score, truth (-1 none), k
+_PRED = struct.Struct("<QdHfiB")  # seq, t, label index (0xFFFF unknown), score, truth (-1 none), k
 _TOPK = struct.Struct("<Hf")
 _MS = struct.Struct("<" + "f" * len(STAGES))
-_SKIP = struct.Struct("<Id")
+_SKIP = struct.Struct("<Qd")
 _TYPES = {"prediction": 1, "skip": 2, "hello": 3, "status": 4}
 _NAMES = {v: k for k, v in _TYPES.items()}
 
@@ -81,16 +89,20 @@ class Encoder:
             raise ValueError(f"unknown format {fmt!r}: use jsonl or binary")
         self.format = fmt
         self.labels = list(labels)
+        if len(self.labels) >= MAX_LABELS:
+            raise ValueError(f"{len(self.labels)} labels: the wire format carries at most {MAX_LABELS - 1}")
         self._index = {name: i for i, name in enumerate(self.labels)}
 
     def encode(self, msg: dict) -> bytes:
+        if msg.get("type") == "prediction" and len(msg.get("topk", ())) > MAX_TOPK:
+            msg = {**msg, "topk": msg["topk"][:MAX_TOPK], "topk_capped": True}
         if self.format == "jsonl":
             return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
         kind = msg["type"]
         if kind == "prediction":
             topk = msg.get("topk", [])
-            body = _PRED.pack(msg["seq"], msg["t"], _index(self._index, msg["label"]), msg["score"],
-                              msg.get("truth", -1), len(topk))
+            body = _PRED.pack(msg["seq"] % (1 << 64), msg["t"], _index(self._index, msg["label"]), msg["score"],
+                              int(msg.get("truth", -1)), len(topk))
             body += b"".join(_TOPK.pack(_index(self._index, name), score) for name, score in topk)
             ms = msg.get("ms", {})
             body += _MS.pack(*(ms.get(s, 0.0) for s in STAGES))
@@ -113,6 +125,7 @@ class Decoder:
         self.format = fmt
         self.labels = list(labels)
         self.errors = 0  # CRC failures, broken frames, lines that are not JSON messages
+        self.other_format = 0  # chunks that look like the other format's framing
         self._buf = bytearray()
         self._sep = b"\n" if fmt == "jsonl" else b"\x00"
 
@@ -128,14 +141,23 @@ class Decoder:
             if not chunk.strip():
                 continue
             try:
-                msg = self._decode(bytes(chunk))
-            except (ProtocolError, ValueError, KeyError, IndexError, struct.error, UnicodeDecodeError):
+                msg = check(self._decode(bytes(chunk)))
+            except (ProtocolError, ValueError, KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
+                    RecursionError):
                 self.errors += 1
+                if self._looks_other(bytes(chunk)):
+                    self.other_format += 1
                 continue
-            if msg.get("type") == "hello":
-                self.labels = list(msg.get("labels", self.labels))
+            if msg["type"] == "hello":
+                self.labels = list(msg["labels"])
             out.append(msg)
         return out
+
+    def _looks_other(self, chunk: bytes) -> bool:
+        """A jsonl line full of NUL-free binary, or a binary frame that is a JSON line."""
+        if self.format == "binary":
+            return b'{"type"' in chunk
+        return b"\x00" in chunk or not chunk.strip().startswith(b"{")
 
     def _decode(self, chunk: bytes) -> dict:
         if self.format == "jsonl":
@@ -180,3 +202,30 @@ class Decoder:
         if index == 0xFFFF:
             return UNKNOWN
         return self.labels[index] if index < len(self.labels) else str(index)
+
+
+_FIELDS = {  # per kind: field -> the JSON types it may have
+    "prediction": {"seq": int, "label": str, "score": (int, float), "topk": list},
+    "skip": {"seq": int},
+    "hello": {"labels": list},
+    "status": {"frames": int},
+}
+
+
+def check(msg: dict) -> dict:
+    """The message when every field its kind needs is there with the right type; ProtocolError otherwise."""
+    kind = msg.get("type")
+    for key, kinds in _FIELDS.get(kind, {}).items():
+        value = msg.get(key)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ProtocolError(f"{kind}.{key} missing or of the wrong type")
+    if kind in ("prediction", "skip") and msg["seq"] < 0:
+        raise ProtocolError("negative seq")
+    if kind == "hello" and not all(isinstance(v, str) for v in msg["labels"]):
+        raise ProtocolError("hello.labels must be strings")
+    if kind == "prediction":
+        if "truth" in msg and (isinstance(msg["truth"], bool) or not isinstance(msg["truth"], int)):
+            raise ProtocolError("prediction.truth must be an integer")
+        if not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) for e in msg["topk"]):
+            raise ProtocolError("prediction.topk must be [label, score] pairs")
+    return msg

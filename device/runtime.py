@@ -15,6 +15,7 @@ import numpy as np
 
 from . import DeviceError
 from .bundle import ModelSpec, tensor_matches
+from .capture import captured
 
 _CANDIDATES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),
@@ -71,10 +72,12 @@ class Model:
         elif resolver != "default":
             raise DeviceError(f"unknown resolver {resolver!r}: use one of {', '.join(RESOLVERS)}")
         try:
-            self.interpreter = mod.Interpreter(**kwargs)
-            self.interpreter.allocate_tensors()
+            with captured((2,)) as log:  # LiteRT prints "INFO: Created ... XNNPACK delegate" on the C-level stderr
+                self.interpreter = mod.Interpreter(**kwargs)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise DeviceError(f"the interpreter cannot load this model ({str(e).splitlines()[0]})") from None
+        self.load_log = log  # kept, not shown: [text] once the block has ended
         self.input = _info(self.interpreter.get_input_details()[0])
         self.output = _info(self.interpreter.get_output_details()[0])
         self._set = self.interpreter.set_tensor

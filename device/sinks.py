@@ -29,6 +29,9 @@ class NullSink:
     def send(self, data: bytes) -> None:
         self.sent += 1
 
+    def check(self) -> None:
+        pass
+
     def flush(self, timeout: float = 0.0) -> bool:
         return True
 
@@ -61,6 +64,7 @@ class SerialSink:
         self._cond = threading.Condition()
         self._closing = False
         self._writing = 0  # messages taken by the writer and not yet written
+        self.failure: BaseException | None = None  # what killed the writer thread, if anything did
         try:
             self.port = self._open()
             self._write(self.hello)
@@ -106,6 +110,22 @@ class SerialSink:
                 self.drops += 1
 
     def _run(self) -> None:
+        """The writer thread; an exception it does not expect is kept in ``failure`` for the loop to raise."""
+        try:
+            self._write_loop()
+        except BaseException as e:  # noqa: BLE001 - recorded, then the loop ends the process
+            self.failure = e
+            with self._cond:
+                self._cond.notify_all()
+
+    def check(self) -> None:
+        """Raise DeviceError when the writer thread has died: the app then exits non-zero (systemd restarts it)."""
+        if self.failure is not None:
+            e = self.failure
+            raise DeviceError(f"the serial writer for {self.url} stopped ({type(e).__name__}: {str(e)[:120]}); "
+                              "exiting so the service manager restarts the device")
+
+    def _write_loop(self) -> None:
         attempt = 0
         while True:
             batch = self._take_batch()
@@ -155,7 +175,7 @@ class SerialSink:
         """Wait up to ``timeout`` seconds for the queue to drain; True when it did."""
         end = time.monotonic() + timeout
         with self._cond:
-            while (self.queue or self._writing) and self.port is not None:
+            while (self.queue or self._writing) and self.port is not None and self.failure is None:
                 left = end - time.monotonic()
                 if left <= 0:
                     return False

@@ -13,6 +13,7 @@ Every source is an iterator of ``Frame`` with ``close()``; pacing is the app's j
 from __future__ import annotations
 
 import collections
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from . import DeviceError
 from .bundle import ModelSpec
+from .sinks import BACKOFF_S
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -43,7 +45,10 @@ class ReplaySource:
     def __init__(self, path: str, spec: ModelSpec, loop: bool = False):
         self.path = Path(path)
         self.loop = loop
-        self.x, self.y = self._load(self.path)
+        self.x, self.y, labels = self._load(self.path)
+        if labels is not None and tuple(labels) != tuple(spec.labels):
+            raise DeviceError(f"replay file {self.path} was recorded for the classes {', '.join(labels[:5])}"
+                              f"{'...' if len(labels) > 5 else ''}, not this model's: replay its own testset.npz")
         want = spec.input.shape[1:]
         sample = self.x.shape[1:]
         if spec.kind == "sensor" and sample != want:
@@ -55,25 +60,45 @@ class ReplaySource:
         self._i = 0
 
     @staticmethod
-    def _load(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    def _load(path: Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+        """Everything read up front, so a damaged file fails here with one line, never mid-run."""
         if path.is_dir():
-            from PIL import Image
-
+            try:
+                from PIL import Image, UnidentifiedImageError
+            except ImportError:
+                raise DeviceError("replay:FOLDER reads images with Pillow, which is not installed: "
+                                  "pip install 'tinysense[images]'") from None
             files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise DeviceError(f"replay folder {path} holds no images")
-            return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]), None
+            try:
+                images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+            except (UnidentifiedImageError, OSError) as e:
+                raise DeviceError(f"cannot read an image in {path} ({e}): remove or replace it") from None
+            if len({im.shape for im in images}) != 1:
+                raise DeviceError(f"the images in {path} differ in size: give images of one size")
+            return np.stack(images), None, None
         if not path.is_file():
             raise DeviceError(f"replay file {path} does not exist")
+        import zipfile
+        import zlib
+
         try:
             data = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise DeviceError(f"cannot read replay file {path} ({e}): give an .npz or .npy") from None
-        if isinstance(data, np.ndarray):
-            return data, None
-        if "x" not in data:
-            raise DeviceError(f"replay file {path} has no array named x")
-        return data["x"], (data["y"] if "y" in data else None)
+            if isinstance(data, np.ndarray):
+                return data, None, None
+            with data:
+                if "x" not in data:
+                    raise DeviceError(f"replay file {path} has no array named x")
+                x = np.asarray(data["x"])
+                y = np.asarray(data["y"]) if "y" in data else None
+                labels = [str(v) for v in data["labels"]] if "labels" in data else None
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            raise DeviceError(f"cannot read replay file {path} ({type(e).__name__}: {str(e)[:80]}): it is damaged "
+                              "or truncated; copy it again") from None
+        if y is not None and (y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu"):
+            raise DeviceError(f"replay file {path}: y must hold one class id per sample")
+        return x, y, labels
 
     def __iter__(self) -> Iterator[Frame]:
         return self
@@ -114,18 +139,26 @@ class SyntheticSource:
 class SerialSensorSource:
     """Comma-separated readings, one sample per line, kept as the model's sliding window.
 
-    Each frame is the newest full window; lines with the wrong number of fields or
-    non-numbers are counted in ``bad_lines`` and skipped.
+    Each frame is the newest full window. Lines with the wrong number of fields,
+    non-numbers or non-finite values (nan, inf, 1e999) are counted in ``bad_lines``
+    and skipped. When the port vanishes (an unplugged sensor), frames fail as
+    CaptureError while it is reopened with backoff; ``reconnects`` counts the returns.
     """
 
-    def __init__(self, port, spec: ModelSpec, max_wait: float = 2.0):
+    READ_MAX = 65536  # bytes taken per read: a flood of lines cannot hold a frame back
+
+    def __init__(self, port, spec: ModelSpec, max_wait: float = 2.0, opener: Callable | None = None):
         self.port = port  # an open pyserial object with a read timeout
+        self.opener = opener  # reopens the port after it vanished; None: a vanished port is final
         self.steps, self.channels = spec.input.shape[1:]
         self.window: collections.deque = collections.deque(maxlen=self.steps)
         self.bad_lines = 0
+        self.reconnects = 0
         self.max_wait = max_wait  # seconds without a new sample before a frame counts as failed
         self._fresh = 0
         self._buf = bytearray()
+        self._attempt = 0
+        self._retry_at = 0.0
 
     @classmethod
     def open(cls, url: str, spec: ModelSpec, baud: int = 115200) -> "SerialSensorSource":
@@ -133,17 +166,46 @@ class SerialSensorSource:
             raise DeviceError("serial-sensor needs a sensor model (input shaped batch, steps, channels)")
         import serial
 
+        def opener():
+            return serial.serial_for_url(url, baudrate=baud, timeout=0.05)
         try:
-            port = serial.serial_for_url(url, baudrate=baud, timeout=0.05)
+            port = opener()
         except (serial.SerialException, ValueError) as e:
             raise DeviceError(f"cannot open sensor port {url} ({e}): check the cable and the path") from None
-        return cls(port, spec)
+        return cls(port, spec, opener=opener)
+
+    def _reopen(self) -> None:
+        """One reopen attempt when its backoff has passed; CaptureError while the port is away."""
+        now = time.monotonic()
+        if self.opener is None:
+            raise CaptureError("sensor port is gone")
+        if now >= self._retry_at:
+            try:
+                self.port = self.opener()
+            except (OSError, ValueError):  # SerialException is an OSError
+                self._attempt += 1
+                self._retry_at = now + BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]
+            else:
+                self.reconnects += 1
+                self._attempt = 0
+                self.window.clear()  # samples from before the gap do not belong to the new window
+                self._buf.clear()
+                return
+        raise CaptureError("sensor port is gone; reopening")
 
     def _lines(self) -> Iterator[bytes]:
+        if self.port is None:
+            self._reopen()
         try:
-            chunk = self.port.read(max(self.port.in_waiting, 1))
-        except (OSError, ValueError) as e:  # SerialException is an OSError
-            raise CaptureError(f"sensor port read failed ({e})") from None
+            chunk = self.port.read(min(max(self.port.in_waiting, 1), self.READ_MAX))
+        except (OSError, ValueError, TypeError) as e:  # SerialException is an OSError; a closed fd: TypeError
+            try:
+                self.port.close()
+            except (OSError, ValueError, TypeError):
+                pass
+            self.port = None
+            self._retry_at = 0.0
+            raise CaptureError(f"sensor port read failed ({e}); reopening") from None
         self._buf += chunk
         *lines, rest = self._buf.split(b"\n")
         self._buf = bytearray(rest[-4096:])
@@ -155,7 +217,7 @@ class SerialSensorSource:
             values = [float(f) for f in fields]
         except ValueError:
             values = []
-        if len(values) != self.channels:
+        if len(values) != self.channels or not all(math.isfinite(v) for v in values):
             self.bad_lines += 1
             return
         self.window.append(values)
@@ -170,14 +232,18 @@ class SerialSensorSource:
             for line in self._lines():
                 if line.strip():
                     self.add_line(line)
-            if len(self.window) == self.steps and self._fresh and not self.port.in_waiting:
+            if len(self.window) == self.steps and self._fresh:
                 self._fresh = 0
                 return Frame(np.asarray(self.window, dtype=np.float32))
             if time.monotonic() > deadline:
                 raise CaptureError(f"no new sensor sample for {self.max_wait:g} s")
 
+    def counters(self) -> dict:
+        return {"bad_lines": self.bad_lines, "source_reconnects": self.reconnects}
+
     def close(self) -> None:
-        self.port.close()
+        if self.port is not None:
+            self.port.close()
 
 
 def _camera(rest: str, spec: ModelSpec, **q) -> object:

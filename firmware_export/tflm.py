@@ -15,7 +15,7 @@ import numpy as np
 from device.runtime import TensorInfo
 
 from . import ExportError
-from .capture import captured
+from device.capture import captured
 
 # Generous first try; the recorded figure, not this, is what gets reported.
 PROBE_ARENA_BYTES = 8 * 1024 * 1024

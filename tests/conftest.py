@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,15 @@ def digits_bundle(tmp_path_factory) -> Path:
     assert main(["--dataset", "digits", "--out", str(out), "--epochs", "6", "--fine-tune-epochs", "1",
                  "--quiet"]) == 0
     return out
+
+
+def start_socat(tmp_path, a="app", b="host"):
+    socat = require_tool("socat")
+    proc = subprocess.Popen([socat, f"pty,raw,echo=0,link={tmp_path / a}",
+                             f"pty,raw,echo=0,link={tmp_path / b}"])
+    for _ in range(100):
+        if (tmp_path / a).exists() and (tmp_path / b).exists():
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("socat did not create the pty pair")

@@ -10,21 +10,9 @@ import time
 import pytest
 import serial
 
-from conftest import ROOT, require_tool
+from conftest import ROOT, start_socat
 from device.monitor import Monitor
 from device.protocol import Decoder
-
-
-def start_socat(tmp_path, a="app", b="host"):
-    socat = require_tool("socat")
-    proc = subprocess.Popen([socat, f"pty,raw,echo=0,link={tmp_path / a}",
-                             f"pty,raw,echo=0,link={tmp_path / b}"])
-    for _ in range(100):
-        if (tmp_path / a).exists() and (tmp_path / b).exists():
-            return proc
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("socat did not create the pty pair")
 
 
 def device_cmd(bundle, port, *extra, loop=False):

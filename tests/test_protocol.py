@@ -78,6 +78,8 @@ def test_decoder_resynchronises_after_garbage_and_truncation(fmt, garbage, seed)
 
 def test_overlong_garbage_without_delimiter_is_dropped():
     dec = Decoder("binary", LABELS)
-    dec.feed(b"\x07" * 5000)
+    from device.protocol import MAX_FRAME
+
+    dec.feed(b"\x07" * (MAX_FRAME + 1000))
     assert dec.errors == 1
     assert dec.feed(Encoder("binary", LABELS).encode(prediction(1)))[0]["seq"] == 1

@@ -1,0 +1,347 @@
+"""Issue 11's failures, each reproduced: nothing on the device fails silently or with a traceback."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import serial
+
+from conftest import ROOT, start_socat
+from device import DeviceError, app, bundle
+from device.bundle import ModelSpec
+from device.monitor import Monitor
+from device.preprocess import Preprocessor
+from device.protocol import MAX_TOPK, Decoder, Encoder
+from device.runtime import Model
+from device.sinks import SerialSink
+from device.sources import CaptureError, ReplaySource, open_source
+
+LABELS = [f"c{i}" for i in range(10)]
+
+
+def sensor_spec(steps=4, channels=3) -> ModelSpec:
+    return ModelSpec.from_dict({
+        "labels": ["a", "b"], "kind": "sensor", "tflite_sha256": "0" * 64,
+        "input": {"shape": [1, steps, channels], "dtype": "int8", "scale": 0.1, "zero_point": 0,
+                  "preprocess": {"mean": 0, "std": 1, "layout": "NWC"}},
+        "output": {"shape": [1, 2], "dtype": "int8", "scale": 0.0039, "zero_point": -128}})
+
+
+# --- sensor source ---------------------------------------------------------------------------------
+
+def _frame_within(src, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            return next(src)
+        except CaptureError:
+            time.sleep(0.05)
+    return None
+
+
+def test_vanished_sensor_port_comes_back_and_frames_resume(tmp_path):
+    socat = start_socat(tmp_path, "sensor", "mcu")
+    src = open_source(f"serial-sensor:{tmp_path / 'sensor'}", sensor_spec())
+    src.max_wait = 0.3
+    try:
+        with serial.Serial(str(tmp_path / "mcu")) as mcu:
+            mcu.write(b"1,2,3\n" * 4)
+            assert _frame_within(src, 2.0) is not None
+        socat.terminate()  # the sensor is unplugged for 4 s
+        socat.wait(5)
+        failed = 0
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            with pytest.raises(CaptureError):
+                next(src)
+            failed += 1
+        socat = start_socat(tmp_path, "sensor", "mcu")
+        with serial.Serial(str(tmp_path / "mcu")) as mcu:
+            stop = threading.Event()
+            feeder = threading.Thread(target=lambda: [mcu.write(b"4,5,6\n") or time.sleep(0.02)
+                                                      for _ in iter(stop.is_set, True)], daemon=True)
+            feeder.start()
+            frame = _frame_within(src, 5.0)
+            stop.set()
+            feeder.join()
+    finally:
+        socat.terminate()
+        src.close()
+    assert failed > 0 and frame is not None and np.array_equal(frame.data[-1], [4, 5, 6])
+    assert src.reconnects == 1 and src.counters()["source_reconnects"] == 1
+
+
+def test_non_finite_samples_are_bad_lines():
+    src = open_source("serial-sensor:loop://", sensor_spec())
+    for line in (b"nan,1,2", b"inf,1,2", b"1e999,1,2", b"1,2", b"1,2,3"):
+        src.add_line(line)
+    assert src.bad_lines == 4 and len(src.window) == 1
+    src.close()
+
+
+def test_a_flood_of_lines_does_not_starve_frames():
+    src = open_source("serial-sensor:loop://", sensor_spec())
+    src.max_wait = 1.0
+    flood = b"1,2,3\n" * 20000  # far more than one read takes: the old loop waited for a quiet line
+    src.port.write(flood[:4000])
+    stop = threading.Event()
+
+    def pour():
+        while not stop.is_set():
+            try:
+                src.port.write(b"1,2,3\n" * 50)
+            except Exception:  # noqa: BLE001 - the loop port's buffer is full: keep pouring
+                pass
+    t = threading.Thread(target=pour, daemon=True)
+    t.start()
+    try:
+        frames = [next(src) for _ in range(5)]
+    finally:
+        stop.set()
+        t.join()
+        src.close()
+    assert len(frames) == 5
+
+
+# --- the writer ------------------------------------------------------------------------------------
+
+class BrokenPort:
+    """A port whose write raises what no serial handler expects."""
+
+    def write(self, data):
+        if data:
+            raise RuntimeError("driver bug")
+
+    def close(self):
+        pass
+
+    def flush(self):
+        pass
+
+
+def test_a_fault_in_the_writer_ends_the_run_with_one_line(digits_bundle):
+    b = bundle.load(digits_bundle)
+    model = Model(b.model, num_threads=1)
+    enc = Encoder("jsonl", b.spec.labels)
+    sink = SerialSink("broken://", opener=BrokenPort)
+    source = ReplaySource(str(digits_bundle / "testset.npz"), b.spec, loop=True)
+    with pytest.raises(DeviceError, match="serial writer .* stopped \\(RuntimeError: driver bug\\)"):
+        app.run(model, Preprocessor(b.spec), source, sink, enc, app.RunConfig(period=0.001, duration=5))
+    sink.close()
+
+
+def test_loop_url_writer_fault_exits_non_zero(digits_bundle):
+    """pyserial's loop:// fills up (nobody reads it) and raises queue.Full in the writer thread."""
+    r = subprocess.run([sys.executable, "-m", "device", "--model", str(digits_bundle), "--source",
+                        f"replay:{digits_bundle / 'testset.npz'}?loop=1", "--port", "loop://", "--period", "0.001",
+                        "--duration", "30", "--quiet-status"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("device: error: the serial writer") and "Traceback" not in r.stderr
+
+
+# --- the contract ----------------------------------------------------------------------------------
+
+def _edit(digits_bundle, tmp_path, change):
+    b = shutil.copytree(digits_bundle, tmp_path / "b")
+    data = json.loads((b / "model.json").read_text())
+    change(data)
+    (b / "model.json").write_text(json.dumps(data))
+    return b
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d["input"].update(scale=math.nan), "input.scale must be a finite positive"),
+    (lambda d: d["input"].update(scale=-0.1), "input.scale must be a finite positive"),
+    (lambda d: d["input"].update(scale="0.1"), "input.scale must be a number"),
+    (lambda d: d["input"]["preprocess"].update(std=-1.0), "std must be a finite positive"),
+    (lambda d: d["input"]["preprocess"].update(std="x"), "std must be a number"),
+    (lambda d: d["input"]["preprocess"].update(mean=[1.0, 2.0]), "mean has 2 values for 1 channels"),
+    (lambda d: d["input"]["preprocess"].update(layout="NCHW"), "layout 'NCHW' is not one of"),
+    (lambda d: d["input"]["preprocess"].update(size=[8, "8"]), "size\\[1\\] must be a whole number"),
+    (lambda d: d["input"]["preprocess"].update(color="purple"), "color 'purple'"),
+    (lambda d: d["output"].update(shape=[]), "output.shape must be a non-empty list"),
+    (lambda d: d["input"].update(zero_point=300), "zero_point 300 is outside int8"),
+    (lambda d: d.update(kind="audio"), "kind 'audio'"),
+    (lambda d: d.update(labels="abc"), "labels must be a non-empty list"),
+    (lambda d: d.update(provenance=nested(100)), "nests deeper than"),
+])
+def test_bad_model_json_values_are_refused(digits_bundle, tmp_path, change, words):
+    b = _edit(digits_bundle, tmp_path, change)
+    with pytest.raises(DeviceError, match=words):
+        bundle.load(b)
+
+
+def nested(depth):
+    v = []
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+def test_bad_model_json_is_one_line_from_the_cli(digits_bundle, tmp_path):
+    b = _edit(digits_bundle, tmp_path, lambda d: d["input"].update(scale=math.nan))
+    r = subprocess.run([sys.executable, "-m", "device", "--model", str(b), "--source", "synthetic", "--port", "null",
+                        "--max-frames", "1"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "finite positive" in r.stderr
+
+
+def test_oversized_model_json_is_refused(digits_bundle, tmp_path):
+    b = shutil.copytree(digits_bundle, tmp_path / "b")
+    (b / "model.json").write_text(" " * (bundle.MAX_JSON_BYTES + 1))
+    with pytest.raises(DeviceError, match="more than the"):
+        bundle.load(b)
+
+
+# --- messages and the monitor ----------------------------------------------------------------------
+
+def prediction(seq, **extra):
+    return {"type": "prediction", "seq": seq, "t": 1.0, "label": "c1", "score": 0.75, "topk": [["c1", 0.75]],
+            "ms": {"capture": 0.1, "preprocess": 0.1, "invoke": 0.5, "postprocess": 0.1}, **extra}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "binary"])
+def test_encoder_bounds(fmt):
+    enc, dec = Encoder(fmt, LABELS), Decoder(fmt, LABELS)
+    big = prediction(2 ** 32 + 5, truth=40000, topk=[["c1", 0.1]] * 300)
+    out = dec.feed(enc.encode(big) + enc.encode({"type": "skip", "seq": 2 ** 40, "t": 1.0, "reason": "x"}))
+    assert out[0]["seq"] == 2 ** 32 + 5 and out[0]["truth"] == 40000 and len(out[0]["topk"]) == MAX_TOPK
+    assert out[1]["seq"] == 2 ** 40 and dec.errors == 0
+    if fmt == "jsonl":
+        assert out[0]["topk_capped"] is True
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "binary"])
+def test_a_hello_of_any_size_decodes(fmt):
+    labels = [f"class-{i:04d}" for i in range(1000)]
+    frame = Encoder(fmt, labels).encode({"type": "hello", "labels": labels, "period": 1.0})
+    assert len(frame) > 4096
+    dec = Decoder(fmt)
+    assert dec.feed(frame)[0]["labels"] == labels and dec.labels == labels
+
+
+@pytest.mark.parametrize("line, ok", [
+    (b'{"type":"prediction","label":"c1"}\n', False),  # no seq: the old monitor died with KeyError
+    (b'{"type":"hello","labels":"abc"}\n', False),  # the old Decoder.feed raised TypeError
+    (b'{"type":"prediction","seq":"3","label":"c1","score":1,"topk":[]}\n', False),
+    (b'{"type":"prediction","seq":3,"label":"c1","score":1,"topk":[],"ms":[1,2]}\n', False),
+    (b'{"type":"hello","labels":["a"],"period":"soon"}\n', False),
+    (b'{"type":"prediction","seq":3,"label":"c1","score":1,"topk":[["c1",1]]}\n', True),
+])
+def test_monitor_counts_malformed_messages(line, ok):
+    m = Monitor("jsonl", LABELS)
+    m.feed(line)
+    assert m.errors == (0 if ok else 1) and m.predictions == (1 if ok else 0)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "binary"])
+def test_monitor_survives_a_bit_flip_fuzz(fmt):
+    enc = Encoder(fmt, LABELS)
+    stream = b"".join([enc.encode({"type": "hello", "labels": LABELS, "period": 0.1})]
+                      + [enc.encode(prediction(i, truth=i % 10)) for i in range(40)]
+                      + [enc.encode({"type": "status", "frames": 40, "misses": 0, "drops": 0})])
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # bounded: 300 damaged copies, 1 to 8 flipped bits each
+        damaged = bytearray(stream)
+        for pos in rng.integers(0, len(damaged) * 8, rng.integers(1, 9)):
+            damaged[pos // 8] ^= 1 << (pos % 8)
+        m = Monitor(fmt)
+        for i in range(0, len(damaged), 97):  # in odd chunks, as a port delivers them
+            m.feed(bytes(damaged[i:i + 97]))
+        m.summary()
+        m.render()
+        assert m.predictions + m.skips <= 40 + m.errors
+
+
+def test_monitor_says_when_the_format_does_not_match():
+    stream = b"".join(Encoder("jsonl", LABELS).encode(prediction(i)) for i in range(5))
+    m = Monitor("binary")
+    m.feed(stream + b"\x00")
+    assert m.predictions == 0 and m.errors >= 1 and "--format jsonl" in m.hint()
+    m = Monitor("jsonl")
+    m.feed(b"".join(Encoder("binary", LABELS).encode(prediction(i)) for i in range(5)) + b"\n")
+    assert m.predictions == 0 and "--format binary" in m.hint()
+
+
+def test_device_and_monitor_agree_on_accuracy_with_a_threshold(digits_bundle):
+    b = bundle.load(digits_bundle)
+    enc = Encoder("jsonl", b.spec.labels)
+
+    class Collect:
+        drops = reconnects = 0
+
+        def __init__(self):
+            self.data = []
+
+        def send(self, data):
+            self.data.append(data)
+
+        def check(self):
+            pass
+    sink = Collect()
+    stats = app.run(Model(b.model, num_threads=1), Preprocessor(b.spec),
+                    ReplaySource(str(digits_bundle / "testset.npz"), b.spec), sink, enc,
+                    app.RunConfig(period=0, threshold=0.999))
+    m = Monitor("jsonl")
+    m.feed(b"".join(sink.data))
+    assert m.counts.get("unknown", 0) > 0  # the threshold bites
+    assert m.summary()["accuracy"] == round(stats.correct / stats.labelled, 6)
+
+
+# --- replay and the command line -------------------------------------------------------------------
+
+def test_damaged_replay_files_are_one_line(digits_bundle, tmp_path):
+    spec = bundle.load(digits_bundle).spec
+    good = (digits_bundle / "testset.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
+    (tmp_path / "noise.npz").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as z:  # a valid zip holding a damaged array
+        z.writestr("x.npy", b"\x93NUMPY garbage")
+    for name in ("cut.npz", "noise.npz", "bad.npz"):
+        with pytest.raises(DeviceError, match="cannot read replay file"):
+            ReplaySource(str(tmp_path / name), spec)
+
+
+def test_a_testset_for_another_model_is_refused(digits_bundle, tmp_path):
+    spec = bundle.load(digits_bundle).spec
+    np.savez(tmp_path / "sensor.npz", x=np.zeros((10, 50, 6), np.float32), y=np.zeros(10, np.int64),
+             labels=np.array(["walk", "run", "sit", "stand"]))
+    with pytest.raises(DeviceError, match="recorded for the classes walk, run"):
+        ReplaySource(str(tmp_path / "sensor.npz"), spec)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--period", "nan"], "--period must be a finite number"),
+    (["--period", "inf"], "--period must be a finite number"),
+    (["--threads", "100000"], "--threads must be 1 to 64"),
+    (["--topk", "300"], "--topk must be 1 to 255"),
+    (["--status-every", "0"], "--status-every must be"),
+])
+def test_bad_flags_are_one_line(digits_bundle, args, words):
+    r = subprocess.run([sys.executable, "-m", "device", "--model", str(digits_bundle), "--source", "synthetic",
+                        "--port", "null", *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1 and r.stderr.strip() == f"device: error: {r.stderr.strip()[15:]}"
+    assert words in r.stderr and "\n" not in r.stderr.strip()
+
+
+def test_sigint_exits_130_with_status_lines_and_no_litert_info(digits_bundle):
+    p = subprocess.Popen([sys.executable, "-m", "device", "--model", str(digits_bundle), "--source",
+                          f"replay:{digits_bundle / 'testset.npz'}?loop=1", "--port", "null", "--period", "0.01",
+                          "--status-every", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=ROOT)
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 130, err
+    status = [ln for ln in out.splitlines() if ln.startswith("status: frames")]
+    assert len(status) >= 3 and "XNNPACK" not in err and "Traceback" not in err
