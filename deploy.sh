@@ -27,6 +27,7 @@ REMOTE_DIR=""
 REMOTE_PYTHON="python3"
 USE_SYSTEMD=1
 ANY_ARCH=0
+ALLOW_ROOT=0
 BOARD=""
 OUT=""
 FLASH_PORT=""
@@ -37,7 +38,7 @@ usage() {
 usage:
   ./deploy.sh pi USER@HOST --model BUNDLE_DIR [--source SPEC] [--port PORT] [--period S]
               [--format jsonl|binary] [--ssh-port N] [--ssh-config FILE] [--remote-dir DIR]
-              [--python PATH] [--no-systemd] [--any-arch] [--dry-run]
+              [--python PATH] [--no-systemd] [--any-arch] [--allow-root] [--dry-run]
   ./deploy.sh status USER@HOST [ssh options]     the service and its last lines
   ./deploy.sh logs USER@HOST [ssh options]       recent output
   ./deploy.sh remove USER@HOST [ssh options]     stop it and delete everything deploy.sh put there
@@ -46,8 +47,9 @@ usage:
               [--platformio] [--dry-run]
 
 Defaults: --source replay:testset.npz?loop=1 (a path relative to the bundle), --port /dev/serial0,
---period 1, --format jsonl, --remote-dir ~/tinysense. --any-arch allows a host that is not a Pi
-(aarch64 or armv7l), for testing on any Linux machine.
+--period 1, --format jsonl, --remote-dir ~/tinysense (an absolute path when given). --any-arch
+allows a host that is not a Pi (aarch64 or armv7l), for testing on any Linux machine. The service
+runs as the user who logs in; root is refused unless --allow-root.
 EOF
 }
 
@@ -84,6 +86,7 @@ check_options() {
   [[ $PERIOD =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--period must be a number of seconds, not '$PERIOD'"
   [[ -z $SSH_PORT || $SSH_PORT =~ ^[0-9]+$ ]] || die "--ssh-port must be a number, not '$SSH_PORT'"
   [[ -z $SSH_CONFIG || -f $SSH_CONFIG ]] || die "--ssh-config $SSH_CONFIG does not exist"
+  [[ -z $REMOTE_DIR || $REMOTE_DIR == /* ]] || die "--remote-dir must be an absolute path, not '$REMOTE_DIR'"
   local name
   for name in SOURCE PORT REMOTE_DIR REMOTE_PYTHON; do check_value "--${name,,}" "${!name}"; done
 }
@@ -149,7 +152,7 @@ preflight() {
   local need_camera=0
   # shellcheck disable=SC2034  # read by name in vars
   [[ $SOURCE == picamera2* ]] && need_camera=1
-  remote "$(vars REMOTE_DIR REMOTE_PYTHON PORT USE_SYSTEMD ANY_ARCH need_camera)
+  remote "$(vars REMOTE_DIR REMOTE_PYTHON PORT USE_SYSTEMD ANY_ARCH ALLOW_ROOT need_camera)
 $REMOTE_PRELUDE
 problems=0
 problem() { printf 'problem: %s\n' \"\$*\"; problems=\$((problems + 1)); }
@@ -187,6 +190,9 @@ if [[ \$PORT == /* ]]; then
       problem \"a login console (getty) holds \$dev: sudo systemctl disable --now serial-getty@\$dev, and remove console=serial0 from /boot/firmware/cmdline.txt\"
     fi
   fi
+fi
+if [[ \$(id -u) == 0 ]] && ! ((ALLOW_ROOT)); then
+  problem 'you logged in as root, and the service would run as root: log in as an ordinary user (pi), or pass --allow-root'
 fi
 if [[ \$(id -u) != 0 ]]; then
   groups=\" \$(id -nG) \"
@@ -238,24 +244,27 @@ systemd_quote() {
   printf '"%s"' "$s"
 }
 
+# The unit with @DIR@ and @USER@ left in; fill_unit puts in the real ones, escaped for systemd.
 unit_text() {
-  # unit_text DIR USER
-  local dir=$1 user=$2 exec arg
+  local exec arg
   app_args
-  exec=$(systemd_quote "$dir/venv/bin/python")
+  exec=$(systemd_quote "@DIR@/venv/bin/python")
   for arg in "${APP_ARGS[@]}"; do exec+=" $(systemd_quote "$arg")"; done
   cat <<EOF
-# Written by tinysense deploy.sh. Remove with: ./deploy.sh remove $user@<host>
+# Written by tinysense deploy.sh. Remove with: ./deploy.sh remove @USER@@<host>
 [Unit]
 Description=tinysense classifier: predictions over serial
 After=network.target
 StartLimitIntervalSec=0
 
 [Service]
-Type=simple
-User=$user
+# the app says READY=1 and pings the watchdog from its frame loop: a hung loop is restarted
+Type=notify
+NotifyAccess=main
+WatchdogSec=30
+User=@USER@
 SupplementaryGroups=dialout video
-WorkingDirectory=${dir//%/%%}/current
+WorkingDirectory=@WDIR@/current
 ExecStart=$exec
 Restart=on-failure
 RestartSec=2
@@ -263,10 +272,35 @@ KillSignal=SIGTERM
 TimeoutStopSec=15
 StandardOutput=journal
 StandardError=journal
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=read-only
+ReadWritePaths="@DIR@"
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
 
 [Install]
 WantedBy=multi-user.target
 EOF
+}
+
+# fill_unit DIR USER < unit: the one place the real folder and user go in. Inside ExecStart's
+# quotes systemd_quote's rules apply; elsewhere (WorkingDirectory=, ReadWritePaths=) specifiers
+# are escaped and a backslash is refused. Run here by './deploy.sh unit' and, sent with
+# declare -f, on the target by './deploy.sh pi': both write the same unit.
+fill_unit() {
+  local dir=$1 user=$2 text q
+  [[ $dir != *\\* ]] || { echo "the folder $dir holds a backslash: pass another --remote-dir" >&2; return 1; }
+  text=$(cat)
+  q=$(systemd_quote "$dir")
+  q=${q#\"}
+  q=${q%\"}
+  text=${text//@DIR@/$q}
+  text=${text//@WDIR@/${dir//%/%%}}
+  printf '%s\n' "${text//@USER@/$user}"
 }
 
 # ---- pi ------------------------------------------------------------------------
@@ -329,6 +363,7 @@ mkdir -p \"\$DIR\" && touch \"\$DIR/.tinysense\" && rm -rf \"\$DIR/app.new\" && 
 $REMOTE_PRELUDE
 rm -rf \"\$DIR/app\" && mv \"\$DIR/app.new\" \"\$DIR/app\"
 [[ -x \$DIR/venv/bin/python ]] || \"\$REMOTE_PYTHON\" -m venv --system-site-packages \"\$DIR/venv\"
+export PIP_NO_CACHE_DIR=1  # leave no ~/.cache/pip behind: remove deletes all deploy.sh made
 \"\$DIR/venv/bin/python\" -m pip install -q --upgrade pip >/dev/null
 if [[ \$(uname -m) == armv7l ]]; then
   # no ai-edge-litert wheels for 32-bit Pi OS; tflite-runtime breaks with numpy 2
@@ -353,10 +388,11 @@ mkdir -p \"\$DIR/bundles\" && rm -rf \"\$DIR/bundles/\$bundle_sha.new\" && mkdir
   # 4. the service (or a supervised background process), then start
   local unit=""
   # shellcheck disable=SC2034  # read by name in vars
-  ((USE_SYSTEMD)) && unit=$(unit_text '@DIR@' '@USER@')
+  ((USE_SYSTEMD)) && unit=$(unit_text)
   local cmd
   cmd=$(quote "${APP_ARGS[@]}")
   remote "$(vars REMOTE_DIR bundle_sha fingerprint mode unit cmd)
+$(declare -f systemd_quote fill_unit)
 $REMOTE_PRELUDE
 b=\"\$DIR/bundles/\$bundle_sha\"
 rm -rf \"\$b\" && mv \"\$b.new\" \"\$b\"
@@ -364,9 +400,7 @@ ln -sfn \"bundles/\$bundle_sha\" \"\$DIR/current.new\" && mv -T \"\$DIR/current.
 stop_app
 echo \"\$mode\" > \"\$DIR/mode\"
 if [[ \$mode == systemd ]]; then
-  u=\${unit//@DIR@/\$DIR}
-  u=\${u//@USER@/\$(id -un)}
-  printf '%s\n' \"\$u\" > \"\$DIR/tinysense.service\"
+  printf '%s\n' \"\$unit\" | fill_unit \"\$DIR\" \"\$(id -un)\" > \"\$DIR/tinysense.service\"
   sudo -n install -m 644 \"\$DIR/tinysense.service\" /etc/systemd/system/tinysense.service
   sudo -n systemctl daemon-reload
   sudo -n systemctl enable --quiet tinysense
@@ -533,6 +567,7 @@ parse_options() {
       --platformio) PLATFORMIO=1 ;;
       --no-systemd) USE_SYSTEMD=0 ;;
       --any-arch) ANY_ARCH=1 ;;
+      --allow-root) ALLOW_ROOT=1 ;;
       --dry-run) DRY_RUN=1 ;;
       -h | --help) usage; exit 0 ;;
       *) die "unknown option '$1' (see ./deploy.sh --help)" ;;
@@ -563,7 +598,7 @@ main() {
       check_bundle
       check_options
       local user=${USER:-pi}
-      unit_text "${REMOTE_DIR:-/home/$user/tinysense}" "$user"
+      unit_text | fill_unit "${REMOTE_DIR:-/home/$user/tinysense}" "$user"
       ;;
     firmware)
       if (($#)) && [[ $1 != --* ]]; then MODEL=$1; shift; fi

@@ -86,7 +86,7 @@ class Classifier:
 
 
 def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: RunConfig,
-        stop: threading.Event | None = None, hello: bytes = b"", on_status=None) -> Stats:
+        stop: threading.Event | None = None, hello: bytes = b"", on_status=None, watchdog=None) -> Stats:
     """Classify frames from ``source`` until it ends, ``stop`` is set, or a limit is reached.
 
     ``hello`` goes out before every status message, so a receiver that joined late
@@ -111,7 +111,11 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: Ru
             on_status(msg)
         return msg
 
+    ping = watchdog.ping if watchdog else (lambda: None)
+    slice_s = watchdog.interval if watchdog and watchdog.interval else None
+
     while not stop.is_set():
+        ping()  # a loop that hangs stops pinging, and systemd restarts the service
         sink.check()  # a dead writer ends the run (DeviceError), never a blind loop
         if cfg.max_frames is not None and stats.frames >= cfg.max_frames:
             break
@@ -124,8 +128,11 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: Ru
         if end is not None and now >= end:
             break
         if period > 0 and now < next_tick:
-            if stop.wait(next_tick - now):
+            # long periods wait in slices so the watchdog keeps being pinged
+            if stop.wait(min(next_tick - now, slice_s) if slice_s else next_tick - now):
                 break
+            if clock() < next_tick:
+                continue
         t0 = clock()
         seq = stats.frames
         try:

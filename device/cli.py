@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import bundle as bundle_mod
         from . import app
         from .preprocess import Preprocessor
+        from .notify import Notifier
         from .protocol import Encoder
         from .runtime import Model
         from .sinks import open_sink
@@ -121,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = app.RunConfig(period=args.period, max_frames=args.max_frames, duration=args.duration, topk=args.topk,
                         smoothing=args.smoothing, threshold=args.threshold, status_every=args.status_every)
         printer = None if args.quiet_status else (lambda msg: print(status_line(msg), flush=True))
-        stats = app.run(model, pre, source, sink, encoder, cfg, stop, hello=hello, on_status=printer)
+        notifier = Notifier()
+        notifier.ready()
+        try:
+            stats = app.run(model, pre, source, sink, encoder, cfg, stop, hello=hello, on_status=printer,
+                            watchdog=notifier)
+        finally:
+            notifier.stopping()
+            notifier.close()
         sink.flush(2.0)
         print(summary_text(stats, sink), file=sys.stderr)
         print(json.dumps({"summary": stats.status(sink, args.period)}), file=sys.stderr)

@@ -19,6 +19,8 @@ from conftest import ROOT, require_tool
 from test_device_serial import start_socat
 
 DEPLOY = ROOT / "deploy.sh"
+# the sshd stand-in logs in as whoever runs the tests; as root, deploy.sh must be told that is meant
+AS_ROOT = ["--allow-root"] if getpass.getuser() == "root" else []
 
 
 def sh(*args, timeout=300, **kw):
@@ -74,6 +76,23 @@ def test_systemd_unit_verifies(digits_bundle, tmp_path):
     assert "User=root" not in r.stdout or getpass.getuser() == "root"
     v = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
     assert v.returncode == 0 and "tinysense.service:" not in v.stderr, v.stderr
+
+
+def test_unit_escapes_the_folder_and_is_hardened(digits_bundle, tmp_path):
+    odd = tmp_path / "a%h$HOME dir"
+    r = sh("unit", "--model", digits_bundle, "--remote-dir", odd)
+    assert r.returncode == 0, r.stderr
+    unit = r.stdout
+    assert f'ExecStart="{tmp_path}/a%%h$$HOME dir/venv/bin/python"' in unit  # no specifier, no $ expansion
+    assert f"WorkingDirectory={tmp_path}/a%%h$HOME dir/current" in unit
+    for line in ("Type=notify", "WatchdogSec=30", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
+                 "ProtectHome=read-only", f'ReadWritePaths="{tmp_path}/a%%h$$HOME dir"'):
+        assert line in unit
+    assert "@DIR@" not in unit and "@USER@" not in unit
+    dry = sh("pi", "pi@127.0.0.1", "--model", digits_bundle, "--remote-dir", odd, "--dry-run")
+    assert "fill_unit ()" in dry.stdout  # the target runs the very function that printed the unit above
+    assert sh("unit", "--model", digits_bundle, "--remote-dir", "rel/dir").returncode == 1
+    assert sh("unit", "--model", digits_bundle, "--remote-dir", "/a\\b").returncode == 1
 
 
 def test_firmware_lays_out_an_arduino_sketch(digits_bundle, tmp_path):
@@ -154,7 +173,7 @@ def test_deploy_over_ssh_runs_is_idempotent_updates_and_removes(sshd, digits_bun
     socat = start_socat(tmp_path, "serial0", "host")
     ssh = ["--ssh-config", sshd["config"], "--remote-dir", remote]
     args = [*ssh, "--model", digits_bundle, "--port", tmp_path / "serial0", "--period", "0.1", "--no-systemd",
-            "--any-arch"]
+            "--any-arch", *AS_ROOT]
     try:
         r = sh("pi", sshd["host"], *args)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -201,6 +220,8 @@ def test_preflight_names_each_problem_with_its_fix(sshd, digits_bundle, tmp_path
     assert any("serial port" in p and "raspi-config" in p for p in problems)
     if os.uname().machine not in ("aarch64", "armv7l"):
         assert any("architecture" in p and "--any-arch" in p for p in problems)
+    if getpass.getuser() == "root":
+        assert any("as root" in p and "--allow-root" in p for p in problems)
     assert not remote.exists()
 
 
@@ -208,7 +229,7 @@ def test_a_hostile_source_cannot_run_commands_on_the_pi(sshd, digits_bundle, tmp
     marker = tmp_path / "pwned"
     remote = tmp_path / "home" / "tinysense"
     r = sh("pi", sshd["host"], "--ssh-config", sshd["config"], "--remote-dir", remote, "--model", digits_bundle,
-           "--port", "null", "--no-systemd", "--any-arch", "--source", f"x;touch {marker};$(touch {marker})")
+           "--port", "null", "--no-systemd", "--any-arch", *AS_ROOT, "--source", f"x;touch {marker};$(touch {marker})")
     try:
         assert r.returncode == 1 and "unknown source" in r.stdout + r.stderr  # the app refused it as data
         assert not marker.exists()

@@ -345,3 +345,30 @@ def test_sigint_exits_130_with_status_lines_and_no_litert_info(digits_bundle):
     assert p.returncode == 130, err
     status = [ln for ln in out.splitlines() if ln.startswith("status: frames")]
     assert len(status) >= 3 and "XNNPACK" not in err and "Traceback" not in err
+
+
+def test_systemd_watchdog_pings_over_notify_socket(digits_bundle, tmp_path):
+    """READY=1, then WATCHDOG=1 from the frame loop (even between frames of a long period), then STOPPING=1."""
+    import os
+    import socket
+
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}  # ping every 0.2 s
+    p = subprocess.Popen([sys.executable, "-m", "device", "--model", str(digits_bundle), "--source", "synthetic",
+                          "--port", "null", "--period", "5", "--duration", "2", "--quiet-status"], env=env, cwd=ROOT,
+                         stderr=subprocess.PIPE, text=True)
+    got = []
+    try:
+        while True:
+            got.append(sock.recv(64).decode())
+            if got[-1] == "STOPPING=1":
+                break
+    finally:
+        p.wait(20)
+        sock.close()
+    assert p.returncode == 0, p.stderr.read()
+    assert got[0] == "READY=1" and got[-1] == "STOPPING=1"
+    assert got.count("WATCHDOG=1") >= 5  # a 5 s period did not starve the watchdog in 2 s
