@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-no
                    openssh-server openssh-client xxd
 SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd
 
-.PHONY: all venv system-deps demo test bench bench-ucr clean
+.PHONY: all venv system-deps pi-deps demo test pi-test bench bench-ucr clean
 
 all: test
 
@@ -35,6 +35,17 @@ system-deps:
 	  || { echo "could not install$$missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)'"; exit 1; }; \
 	fi
 
+# The emulated Raspberry Pi's host side: debootstrap, qemu-user-static with binfmt_misc.
+PI_PACKAGES := debootstrap qemu-user-static binfmt-support
+pi-deps:
+	@if ! command -v debootstrap >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then \
+	  echo "installing system packages: $(PI_PACKAGES)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $(PI_PACKAGES) \
+	  || { echo "could not install them: run 'sudo apt-get install $(PI_PACKAGES)'"; exit 1; }; \
+	fi
+
 demo: venv system-deps
 	$(BIN)/python -m build_model --dataset digits --out $(OUT)/digits --force
 	$(BIN)/python -m firmware_export $(OUT)/digits --out $(OUT)/digits_firmware --target nrf52840 --force
@@ -42,6 +53,11 @@ demo: venv system-deps
 
 test: venv system-deps
 	$(BIN)/python -m pytest -q
+
+# deploy.sh to an emulated Pi (bookworm arm64 under qemu-user, rootfs cached in ~/.cache/tinysense-pi):
+# about 15 minutes from scratch, a few minutes cached. Needs root (chroot, mount namespaces).
+pi-test: venv system-deps pi-deps
+	TINYSENSE_PI_TEST=1 $(BIN)/python -m pytest -q -s tests/pi
 
 # Every figure in the closing notes; rerun any time (a few minutes, plus --soak if you add it).
 bench: venv system-deps bench-ucr
