@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import parse_qs
 
 import numpy as np
 
-from . import DeviceError
+from . import DeviceError, specs
+from .camera import FORMATS as CAMERA_FORMATS
 from .bundle import ModelSpec
 from .sinks import BACKOFF_S
 
@@ -246,30 +246,31 @@ class SerialSensorSource:
             self.port.close()
 
 
-def _camera(rest: str, spec: ModelSpec, **q) -> object:
+def _camera(target: str, spec: ModelSpec, format: str = "XRGB8888") -> object:
     from .camera import Picamera2Source
 
     if spec.kind != "image":
         raise DeviceError("picamera2 needs an image model")
     _, h, w, c = spec.input.shape
-    return Picamera2Source(w, h, fmt=q.get("format", "XRGB8888"), gray=c == 1)
+    return Picamera2Source(w, h, fmt=format, gray=c == 1)
 
 
-REGISTRY: dict[str, Callable[..., object]] = {
-    "replay": lambda rest, spec, **q: ReplaySource(rest, spec, loop=q.get("loop", "0") in ("1", "true", "yes")),
-    "serial-sensor": lambda rest, spec, **q: SerialSensorSource.open(rest, spec, int(q.get("baud", 115200))),
+SCHEMES = {s.name: s for s in (
+    specs.Scheme("replay", True, {"loop": specs.boolean}, "replay:PATH[?loop=1]"),
+    specs.Scheme("serial-sensor", True, {"baud": specs.positive_int}, "serial-sensor:PORT[?baud=N]"),
+    specs.Scheme("picamera2", False, {"format": specs.one_of(*CAMERA_FORMATS)},
+                 "picamera2[:?format=F]"),
+    specs.Scheme("synthetic", False, {"seed": specs.whole}, "synthetic[:?seed=N]"),
+)}
+OPENERS: dict[str, Callable[..., object]] = {
+    "replay": lambda target, spec, loop=False: ReplaySource(target, spec, loop=loop),
+    "serial-sensor": lambda target, spec, baud=115200: SerialSensorSource.open(target, spec, baud),
     "picamera2": _camera,
-    "synthetic": lambda rest, spec, **q: SyntheticSource(spec, int(q.get("seed", 0))),
+    "synthetic": lambda target, spec, seed=0: SyntheticSource(spec, seed),
 }
 
 
 def open_source(spec_text: str, spec: ModelSpec):
-    """Open a source by its spec (see the module docstring)."""
-    scheme, _, rest = spec_text.partition(":")
-    rest, _, query = rest.partition("?")
-    if scheme not in REGISTRY:
-        raise DeviceError(f"unknown source {spec_text!r}: use replay:PATH, serial-sensor:PORT, picamera2 or synthetic")
-    options = {k: v[-1] for k, v in parse_qs(query).items()}
-    if scheme in ("replay", "serial-sensor") and not rest:
-        raise DeviceError(f"source {scheme} needs a path: {scheme}:PATH")
-    return REGISTRY[scheme](rest, spec, **options)
+    """Open a source by its spec (see the module docstring); unknown options are refused."""
+    s = specs.parse(spec_text, SCHEMES, "source")
+    return OPENERS[s.scheme](s.target, spec, **s.options)

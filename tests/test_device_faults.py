@@ -372,3 +372,17 @@ def test_systemd_watchdog_pings_over_notify_socket(digits_bundle, tmp_path):
     assert p.returncode == 0, p.stderr.read()
     assert got[0] == "READY=1" and got[-1] == "STOPPING=1"
     assert got.count("WATCHDOG=1") >= 5  # a 5 s period did not starve the watchdog in 2 s
+
+
+@pytest.mark.parametrize("text, words", [
+    ("replay:t.npz?lop=1", "has no option 'lop' \\(its options: loop\\)"),  # used to play once, silently
+    ("replay:t.npz?loop=maybe", "loop='maybe' must be 1 or 0"),
+    ("serial-sensor:/dev/ttyACM0?baud=fast", "baud='fast' must be a positive whole number"),
+    ("picamera2:?format=JPEG", "format='JPEG' must be one of XRGB8888"),
+    ("synthetic:?seed=1&speed=2", "has no option 'speed'"),
+    ("webcam:0", "unknown source 'webcam:0'"),
+    ("replay:", "needs a path"),
+])
+def test_source_specs_refuse_what_they_do_not_understand(digits_bundle, text, words):
+    with pytest.raises(DeviceError, match=words):
+        open_source(text, bundle.load(digits_bundle).spec)
