@@ -6,10 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from device import DeviceError
-from firmware_export import ExportError
+from device.runner import run_cli
 
-from . import BuildError, UsageError
+from . import UsageError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,43 +53,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-layer-debug", action="store_true", help="skip the per-layer int8 error analysis")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or step lines")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
-    try:
-        from .pipeline import BuildConfig, build
-        from .variants import parse
+def build_from(args) -> int:
+    from .pipeline import BuildConfig, build
+    from .variants import parse
 
-        cfg = BuildConfig(dataset=args.dataset, out=args.out, variants=tuple(parse(args.variants)),
-                          model_path=args.model_path, arch=args.arch, width=args.width, epochs=args.epochs,
-                          fine_tune_epochs=args.fine_tune_epochs, patience=args.patience, batch_size=args.batch_size,
-                          augment=args.augment, class_weight=args.class_weight, seed=args.seed,
-                          calibration_count=args.calibration_count, raw_input=args.raw_input, window=args.window,
-                          stride=args.stride, channels=args.channels, image_size=args.image_size, length=args.length,
-                          layer_debug=not args.no_layer_debug, force=args.force, quiet=args.quiet)
-        if cfg.model_path and cfg.arch:
-            raise UsageError("--arch and --model exclude each other: --model brings its own architecture")
-        result = build(cfg, log=log)
-    except UsageError as e:
-        if args.debug:
-            raise
-        print(f"build_model: error: {e}", file=sys.stderr)
-        return 2
-    except (BuildError, DeviceError, ExportError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"build_model: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("build_model: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    cfg = BuildConfig(dataset=args.dataset, out=args.out, variants=tuple(parse(args.variants)),
+                      model_path=args.model_path, arch=args.arch, width=args.width, epochs=args.epochs,
+                      fine_tune_epochs=args.fine_tune_epochs, patience=args.patience, batch_size=args.batch_size,
+                      augment=args.augment, class_weight=args.class_weight, seed=args.seed,
+                      calibration_count=args.calibration_count, raw_input=args.raw_input, window=args.window,
+                      stride=args.stride, channels=args.channels, image_size=args.image_size, length=args.length,
+                      layer_debug=not args.no_layer_debug, force=args.force, quiet=args.quiet)
+    if cfg.model_path and cfg.arch:
+        raise UsageError("--arch and --model exclude each other: --model brings its own architecture")
+    result = build(cfg, log=log)
     print(result.table)
     print(f"\nbundle: {result.out} (model.tflite = {result.chosen}); report: {result.out / 'report.md'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0, 1 for an error (nothing is written), 2 for a bad command line, 130 when interrupted."""
+    return run_cli("build_model", parser(), build_from, argv)
 
 
 def run() -> None:

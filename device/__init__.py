@@ -5,5 +5,8 @@ package imports TensorFlow, Keras or build_model.
 """
 
 
-class DeviceError(Exception):
-    """A problem the user can fix; the CLI prints it as one line."""
+from .errors import TinysenseError, UsageError  # noqa: F401 (the project's one root, re-exported)
+
+
+class DeviceError(TinysenseError):
+    """A problem on the device side the user can fix; the CLI prints it as one line."""

@@ -12,6 +12,7 @@ import threading
 
 from . import DeviceError
 from .protocol import FORMATS
+from .runner import run_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,7 +37,6 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between status messages, sent on the port and printed as one line on stdout "
                         "(the journal, deploy.sh logs)")
     p.add_argument("--quiet-status", action="store_true", help="no status lines on stdout")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -86,7 +86,11 @@ def status_line(msg: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Exit 0 (or 130 after SIGINT), 1 for an error or a fault the loop cannot recover from, 2 for usage."""
+    return run_cli("device", parser(), serve, argv)
+
+
+def serve(args) -> int:
     stop = threading.Event()
     interrupted = []
     sink = source = None
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         hello = encoder.encode({"type": "hello", "labels": list(b.spec.labels), "period": args.period,
                                 "format": args.format, "model_sha256": b.spec.tflite_sha256})
         sink = open_sink(args.port, baudrate=args.baud, hello=hello)
+
         def on_signal(sig, _frame):
             if sig == signal.SIGINT:
                 interrupted.append(sig)
@@ -134,14 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_text(stats, sink), file=sys.stderr)
         print(json.dumps({"summary": stats.status(sink, args.period)}), file=sys.stderr)
         return 130 if interrupted else 0
-    except DeviceError as e:
-        if args.debug:
-            raise
-        print(f"device: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # before the handlers were installed
-        print("device: interrupted", file=sys.stderr)
-        return 130
     finally:
         if sink is not None:
             sink.close()

@@ -15,7 +15,9 @@ import threading
 import tty
 from pathlib import Path
 
+from . import DeviceError
 from .monitor import Monitor, watch
+from .runner import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle", type=Path)
     p.add_argument("--format", choices=("jsonl", "binary"), default="binary")
     p.add_argument("--period", type=float, default=0.02, help="seconds between frames (default 0.02)")
-    args = p.parse_args(argv)
+    return run_cli("demo", p, demo, argv)
+
+
+def demo(args) -> int:
     if not (args.bundle / "testset.npz").is_file():
-        print(f"demo: error: {args.bundle} has no testset.npz: build it with python -m build_model", file=sys.stderr)
-        return 1
+        raise DeviceError(f"{args.bundle} has no testset.npz: build it with python -m build_model")
 
     master, slave = pty.openpty()
     tty.setraw(master)

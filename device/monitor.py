@@ -16,7 +16,9 @@ import time
 
 import numpy as np
 
+from . import DeviceError
 from .protocol import FORMATS, Decoder
+from .runner import run_cli
 
 BAR = 30
 
@@ -156,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-messages", type=int, help="stop after N predictions and skips")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no live display, only the summary")
-    args = p.parse_args(argv)
+    return run_cli("monitor", p, monitor_port, argv)
 
+
+def monitor_port(args) -> int:
     import serial
 
     stop = threading.Event()
@@ -187,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state["port"] = serial.serial_for_url(args.port, baudrate=args.baud, timeout=0.1)
     except (serial.SerialException, ValueError) as e:
-        print(f"monitor: error: cannot open {args.port} ({e}): check the path", file=sys.stderr)
-        return 1
+        raise DeviceError(f"cannot open {args.port} ({e}): check the path") from None
     try:
         watch(read, monitor, stop, args.duration, args.max_messages, draw if live else None)
     finally:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import DeviceError, atomic
+from .runner import run_cli
 from .bundle import ModelSpec, Preprocess, TensorSpec, sha256
 from .runtime import Model
 
@@ -49,14 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--std", type=float, default=1.0)
     p.add_argument("--color", choices=("gray", "rgb", "bgr"))
     p.add_argument("--force", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        if not a.model.is_file():
-            raise DeviceError(f"{a.model} does not exist")
-        write(a.model, a.out, a.labels.split(","), a.kind, a.force, mean=a.mean, std=a.std, color=a.color)
-    except DeviceError as e:
-        print(f"thirdparty: error: {e}", file=sys.stderr)
-        return 1
+    return run_cli("thirdparty", p, write_from, argv)
+
+
+def write_from(a) -> int:
+    if not a.model.is_file():
+        raise DeviceError(f"{a.model} does not exist")
+    write(a.model, a.out, a.labels.split(","), a.kind, a.force, mean=a.mean, std=a.std, color=a.color)
     print(f"wrote {a.out / 'model.json'}")
     return 0
 

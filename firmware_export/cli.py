@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import ExportError
+from device.runner import run_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,27 +27,25 @@ def parser() -> argparse.ArgumentParser:
                    help="an .npz with x (and y): samples for parity and golden vectors when exporting a bare .tflite")
     p.add_argument("--no-compile", action="store_true", help="skip the g++ and arm-none-eabi-g++ checks")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        from .export import export
+    return run_cli("firmware_export", parser(), export_from, argv)
 
-        result = export(args.model, args.out, name=args.name, target=args.target, flash_kb=args.flash_kb,
-                        ram_kb=args.ram_kb, force=args.force, compile_check=not args.no_compile,
-                        margin_percent=args.margin, inputs=args.inputs)
-    except ExportError as e:
-        if args.debug:
-            raise
-        print(f"firmware_export: error: {e}", file=sys.stderr)
-        return 1
+
+def export_from(args) -> int:
+    from .export import export
+
+    result = export(args.model, args.out, name=args.name, target=args.target, flash_kb=args.flash_kb,
+                    ram_kb=args.ram_kb, force=args.force, compile_check=not args.no_compile,
+                    margin_percent=args.margin, inputs=args.inputs)
     r = result.report
     par = r["parity"]
     print(f"exported {r['name']} to {result.out}: ops {', '.join(r['ops'])}")
-    print(f"  model {r['model_bytes']} B, flash {r['flash_bytes']} B (.rodata, not RAM), "
+    flash = f"flash {r['flash_bytes']} B (.rodata, not RAM)" if r["flash_bytes"] is not None else \
+        "flash not measured (--no-compile)"
+    print(f"  model {r['model_bytes']} B, {flash}, "
           f"arena {r['arena_bytes']} B (TFLM recorded {r['arena_recorded_bytes']} B + {r['arena_margin_percent']:g}%)")
     for key, label in (("tflm_vs_litert_reference", "LiteRT reference"), ("tflm_vs_litert_default", "LiteRT default")):
         c = par[key]

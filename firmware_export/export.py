@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device import DeviceError, atomic
+from device import atomic
 from device import bundle as bundle_mod
 from device.bundle import sha256
 from device.preprocess import Preprocessor
@@ -58,10 +58,7 @@ class Source:
 def read_source(path: Path) -> Source:
     path = Path(path)
     if path.is_dir():
-        try:
-            b = bundle_mod.load(path)
-        except DeviceError as e:
-            raise ExportError(str(e)) from None
+        b = bundle_mod.load(path)
         return Source(b.model, path, b)
     if not path.is_file():
         raise ExportError(f"{path} does not exist: give a bundle folder or a .tflite file")
@@ -188,10 +185,7 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
            margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None) -> ExportResult:
     if target is not None and target not in TARGETS:
         raise ExportError(f"unknown target {target!r}: choose from {', '.join(TARGETS)}")
-    try:
-        atomic.check_output_dir(out, force)
-    except DeviceError as e:
-        raise ExportError(str(e)) from None
+    atomic.check_output_dir(out, force)
     src = read_source(path)
     ident = generate.sanitise(name or src.default_name)
     info = preflight(src.model)
@@ -231,23 +225,20 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
               "ops": info.op_names, "arena_bytes": arena, "arena_recorded_bytes": recorded,
               "arena_margin_percent": margin_percent, "target": target, "parity": checks,
               "golden": {"count": len(pick), "tolerance_steps": 1}, "files": sorted(files)}
-    try:
-        with atomic.staged_dir(out, force) as stage:
-            for fname, text in files.items():
-                (stage / fname).write_text(text)
-            if compile_check:
-                cc.host_roundtrip(stage, ident, src.model)
-                sections = cc.arm_sections(stage, ident, TARGETS[target].cpu if target else "cortex-m4")
-                report["sections"] = sections
-                report["flash_bytes"] = cc.flash_bytes(sections)
-                if sections["data"] >= len(src.model):
-                    raise ExportError("the model landed in .data (RAM), not flash: the array lost its const")
-            else:
-                report["flash_bytes"] = None
-            _check_budget(report, target, flash_kb, ram_kb)
-            (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
-    except DeviceError as e:
-        raise ExportError(str(e)) from None
+    with atomic.staged_dir(out, force) as stage:
+        for fname, text in files.items():
+            (stage / fname).write_text(text)
+        if compile_check:
+            cc.host_roundtrip(stage, ident, src.model)
+            sections = cc.arm_sections(stage, ident, TARGETS[target].cpu if target else "cortex-m4")
+            report["sections"] = sections
+            report["flash_bytes"] = cc.flash_bytes(sections)
+            if sections["data"] >= len(src.model):
+                raise ExportError("the model landed in .data (RAM), not flash: the array lost its const")
+        else:
+            report["flash_bytes"] = None
+        _check_budget(report, target, flash_kb, ram_kb)
+        (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(Path(out), report)
 
 
