@@ -22,8 +22,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="bundle folder (model.tflite + model.json)")
     p.add_argument("--source", required=True,
                    help="replay:PATH[?loop=1], serial-sensor:PORT[?baud=N], picamera2[:?format=F], synthetic")
-    p.add_argument("--port", required=True,
-                   help="serial port: /dev/serial0, /dev/ttyUSB0, a pty path, loop://, socket://HOST:PORT, or null")
+    p.add_argument("--port", required=True, action="append",
+                   help="serial port: /dev/serial0, /dev/ttyUSB0, a pty path, loop://, socket://HOST:PORT, or null; "
+                        "repeat it to send the same stream to several outputs")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("--period", type=float, default=1.0, help="seconds between frames (default 1; 0: as fast as possible)")
@@ -101,7 +102,7 @@ def serve(args) -> int:
         from .notify import Notifier
         from .protocol import Encoder
         from .runtime import Model
-        from .sinks import open_sink
+        from .sinks import open_sinks
         from .sources import open_source
 
         check_args(args)
@@ -116,7 +117,7 @@ def serve(args) -> int:
         source = open_source(args.source, b.spec)
         hello = encoder.encode({"type": "hello", "labels": list(b.spec.labels), "period": args.period,
                                 "format": args.format, "model_sha256": b.spec.tflite_sha256})
-        sink = open_sink(args.port, baudrate=args.baud, hello=hello)
+        sink = open_sinks(args.port, baudrate=args.baud, hello=hello)
 
         def on_signal(sig, _frame):
             if sig == signal.SIGINT:

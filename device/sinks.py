@@ -1,4 +1,8 @@
-"""Where encoded messages go: a serial port (any pyserial URL or path) or nowhere.
+"""Where encoded messages go: a serial port (any pyserial URL or path), nowhere, or several at once.
+
+Every output is a ``Sink``: ``send`` (never blocks), ``flush``, ``check`` (raise when the
+output has died), ``close``, and ``drops`` / ``reconnects`` counters. ``FanOut`` feeds one
+stream to several sinks, so a network sink can be added without touching the loop.
 
 The classification loop never waits on the link. ``send`` appends to a bounded
 queue (the oldest message is dropped and counted when it is full); a writer
@@ -11,7 +15,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from . import DeviceError
 
@@ -20,14 +24,29 @@ BATCH_BYTES = 4096  # one write() carries up to this much
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
+class Sink(Protocol):
+    drops: int  # messages given up on (a full queue, a link too slow)
+    reconnects: int
+
+    def send(self, data: bytes) -> None: ...
+
+    def flush(self, timeout: float = 2.0) -> bool: ...
+
+    def check(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class NullSink:
-    """Accepts everything and sends nothing (``--port null``): for benchmarks and dry runs."""
+    """Accepts everything and sends nothing (``--port null``): for benchmarks and dry runs.
+
+    Nothing is ever dropped or reconnected, so its counters are honestly zero.
+    """
 
     drops = reconnects = 0
-    sent = 0
 
     def send(self, data: bytes) -> None:
-        self.sent += 1
+        pass
 
     def check(self) -> None:
         pass
@@ -195,6 +214,54 @@ class SerialSink:
             self._drop_port()
 
 
-def open_sink(url: str, **kwargs):
+class FanOut:
+    """One stream to several sinks; the counters are their sums, and any dead one ends the run."""
+
+    def __init__(self, sinks: list):
+        self.sinks = list(sinks)
+
+    @property
+    def drops(self) -> int:
+        return sum(s.drops for s in self.sinks)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(s.reconnects for s in self.sinks)
+
+    def send(self, data: bytes) -> None:
+        for s in self.sinks:
+            s.send(data)
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        end = time.monotonic() + timeout
+        return all([s.flush(max(0.0, end - time.monotonic())) for s in self.sinks])
+
+    def check(self) -> None:
+        for s in self.sinks:
+            s.check()
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+
+
+def open_sink(url: str, **kwargs) -> Sink:
     """``null`` for no output, anything else is a pyserial URL or device path."""
-    return NullSink() if url == "null" else SerialSink(url, **kwargs)
+    if url == "null":
+        return NullSink()
+    if url.startswith("null"):
+        raise DeviceError(f"port {url!r}: null takes no options")
+    return SerialSink(url, **kwargs)
+
+
+def open_sinks(urls: list[str], **kwargs) -> Sink:
+    """One sink per URL; several become a FanOut. A failure closes the ones already open."""
+    opened = []
+    try:
+        for url in urls:
+            opened.append(open_sink(url, **kwargs))
+    except BaseException:
+        for s in opened:
+            s.close()
+        raise
+    return opened[0] if len(opened) == 1 else FanOut(opened)

@@ -386,3 +386,45 @@ def test_systemd_watchdog_pings_over_notify_socket(digits_bundle, tmp_path):
 def test_source_specs_refuse_what_they_do_not_understand(digits_bundle, text, words):
     with pytest.raises(DeviceError, match=words):
         open_source(text, bundle.load(digits_bundle).spec)
+
+
+def test_fan_out_feeds_every_output_and_sums_their_counters(digits_bundle, tmp_path):
+    """Two real ptys at once through one --port each; both see the whole stream."""
+    socat_a = start_socat(tmp_path, "a-app", "a-host")
+    socat_b = start_socat(tmp_path, "b-app", "b-host")
+    try:
+        with serial.Serial(str(tmp_path / "a-host"), timeout=0.1) as a, \
+                serial.Serial(str(tmp_path / "b-host"), timeout=0.1) as b:
+            streams: list[list[int]] = [[], []]
+            done = threading.Event()
+
+            def drain(port, out):  # read while the app runs: a pty holds only a few KB
+                dec = Decoder("jsonl")
+                while not done.is_set():
+                    out += [m["seq"] for m in dec.feed(port.read(65536)) if m["type"] == "prediction"]
+            readers = [threading.Thread(target=drain, args=(p, o), daemon=True) for p, o in zip((a, b), streams)]
+            for t in readers:
+                t.start()
+            r = subprocess.run([sys.executable, "-m", "device", "--model", str(digits_bundle), "--source",
+                                f"replay:{digits_bundle / 'testset.npz'}", "--port", str(tmp_path / "a-app"),
+                                "--port", str(tmp_path / "b-app"), "--period", "0.005", "--quiet-status"],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT)
+            time.sleep(1.0)
+            done.set()
+            for t in readers:
+                t.join(5)
+    finally:
+        socat_a.terminate()
+        socat_b.terminate()
+    assert r.returncode == 0, r.stderr
+    n = len(np.load(digits_bundle / "testset.npz")["y"])
+    assert streams[0] == streams[1] == list(range(n))
+
+
+def test_null_sink_counts_nothing_it_did_not_do():
+    from device.sinks import FanOut, NullSink
+
+    fan = FanOut([NullSink(), NullSink()])
+    fan.send(b"x")
+    fan.check()
+    assert fan.drops == 0 and fan.reconnects == 0 and fan.flush(0.1) and not hasattr(NullSink(), "sent")
