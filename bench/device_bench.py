@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from device import app, bundle, thirdparty  # noqa: E402
 from device.monitor import Monitor  # noqa: E402
 from device.preprocess import Preprocessor  # noqa: E402
-from device.protocol import Encoder  # noqa: E402
+from device.protocol import Encoder, Hello  # noqa: E402
 from device.runtime import Model, interpreter_module  # noqa: E402
 from device.sinks import SerialSink  # noqa: E402
 from device.sources import open_source  # noqa: E402
@@ -84,7 +84,7 @@ def rss_kib() -> int:
 def run_loop(b, source_spec: str, cfg: app.RunConfig, fmt: str = "binary", threads: int = 1):
     link = PtyLink(fmt)
     enc = Encoder(fmt, b.spec.labels)
-    hello = enc.encode({"type": "hello", "labels": list(b.spec.labels), "period": cfg.period})
+    hello = enc.encode(Hello(b.spec.labels, cfg.period))
     sink = SerialSink(link.path, hello=hello)
     model = Model(b.model, num_threads=threads)
     src = open_source(source_spec, b.spec)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .preprocess import FrameError, Preprocessor
-from .protocol import STAGES, UNKNOWN, Encoder
+from .protocol import STAGES, UNKNOWN, Prediction, Skip, Status
 from .quant import dequantize
 from .runtime import Model
 from .sources import CaptureError
@@ -85,7 +85,7 @@ class Classifier:
         return label, score, [[self.labels[i], round(float(scores[i]), 4)] for i in top], best
 
 
-def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: RunConfig,
+def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
         stop: threading.Event | None = None, hello: bytes = b"", on_status=None, watchdog=None) -> Stats:
     """Classify frames from ``source`` until it ends, ``stop`` is set, or a limit is reached.
 
@@ -103,13 +103,13 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: Ru
     frames = iter(source)
     counters = getattr(source, "counters", None)  # a source's own faults (bad lines, reopens)
 
-    def status() -> dict:
+    def status() -> Status:
         msg = stats.status(sink, period)
         if counters:
             msg.update(counters())
         if on_status:
             on_status(msg)
-        return msg
+        return Status(msg)
 
     ping = watchdog.ping if watchdog else (lambda: None)
     slice_s = watchdog.interval if watchdog and watchdog.interval else None
@@ -142,7 +142,7 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: Ru
         except CaptureError as e:
             stats.frames += 1
             stats.bad_frames += 1
-            sink.send(encoder.encode({"type": "skip", "seq": seq, "t": time.time(), "reason": str(e)}))
+            sink.send(encoder.encode(Skip(seq, time.time(), str(e))))
             next_tick = _advance(next_tick, period, clock())
             continue
         stats.frames += 1
@@ -151,7 +151,7 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: Ru
             x = pre(frame.data)
         except FrameError as e:
             stats.bad_frames += 1
-            sink.send(encoder.encode({"type": "skip", "seq": seq, "t": time.time(), "reason": str(e)}))
+            sink.send(encoder.encode(Skip(seq, time.time(), str(e))))
             next_tick = _advance(next_tick, period, clock())
             continue
         t2 = clock()
@@ -161,13 +161,11 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder: Encoder, cfg: Ru
         t4 = clock()
         ms = {"capture": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "invoke": (t3 - t2) * 1e3,
               "postprocess": (t4 - t3) * 1e3}
-        msg = {"type": "prediction", "seq": seq, "t": time.time(), "label": label, "score": round(score, 4),
-               "topk": topk, "ms": {k: round(v, 4) for k, v in ms.items()}}
         if frame.truth is not None:
-            msg["truth"] = frame.truth
             stats.labelled += 1
             stats.correct += int(best == frame.truth and label != UNKNOWN)  # as the monitor counts it
-        sink.send(encoder.encode(msg))
+        sink.send(encoder.encode(Prediction(seq, time.time(), label, round(score, 4), topk,
+                                            {k: round(v, 4) for k, v in ms.items()}, frame.truth)))
         t5 = clock()
         stats.predictions += 1
         for stage, value in ms.items():

@@ -100,7 +100,7 @@ def serve(args) -> int:
         from . import app
         from .preprocess import Preprocessor
         from .notify import Notifier
-        from .protocol import Encoder
+        from .protocol import Encoder, Hello
         from .runtime import Model
         from .sinks import open_sinks
         from .sources import open_source
@@ -115,8 +115,7 @@ def serve(args) -> int:
         except ValueError as e:
             raise DeviceError(str(e)) from None
         source = open_source(args.source, b.spec)
-        hello = encoder.encode({"type": "hello", "labels": list(b.spec.labels), "period": args.period,
-                                "format": args.format, "model_sha256": b.spec.tflite_sha256})
+        hello = encoder.encode(Hello(b.spec.labels, args.period, args.format, b.spec.tflite_sha256))
         sink = open_sinks(args.port, baudrate=args.baud, hello=hello)
 
         def on_signal(sig, _frame):

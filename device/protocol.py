@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from typing import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
 
 FORMATS = ("jsonl", "binary")
 STAGES = ("capture", "preprocess", "invoke", "postprocess")
@@ -75,43 +76,173 @@ def cobs_decode(data: bytes) -> bytes:
     return bytes(out)
 
 
-# --- encoding ---------------------------------------------------------------
+# --- messages ----------------------------------------------------------------
 
-def _index(labels: dict[str, int], label: str) -> int:
-    return labels.get(label, 0xFFFF)
+@dataclass(frozen=True)
+class Hello:
+    labels: tuple
+    period: float = 0.0
+    format: str = ""
+    model_sha256: str = ""
+    type: ClassVar[str] = "hello"
+
+    def to_dict(self) -> dict:
+        return {"type": "hello", "labels": list(self.labels), "period": self.period, "format": self.format,
+                "model_sha256": self.model_sha256}
 
 
-class Encoder:
-    """Turns message dicts into bytes for one format; knows the labels for the binary form."""
+@dataclass(frozen=True)
+class Prediction:
+    seq: int
+    t: float  # wall-clock seconds (time.time), for the receiver's log
+    label: str
+    score: float
+    topk: list  # [[label, score], ...], best first
+    ms: dict  # per stage, milliseconds
+    truth: int | None = None  # the known class of a replayed frame
+    type: ClassVar[str] = "prediction"
 
-    def __init__(self, fmt: str, labels: Iterable[str]):
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r}: use jsonl or binary")
-        self.format = fmt
+    def to_dict(self) -> dict:
+        d = {"type": "prediction", "seq": self.seq, "t": self.t, "label": self.label, "score": self.score,
+             "topk": self.topk, "ms": self.ms}
+        if self.truth is not None:
+            d["truth"] = self.truth
+        return d
+
+
+@dataclass(frozen=True)
+class Skip:
+    seq: int
+    t: float
+    reason: str
+    type: ClassVar[str] = "skip"
+
+    def to_dict(self) -> dict:
+        return {"type": "skip", "seq": self.seq, "t": self.t, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Status:
+    values: dict  # frames, predictions, bad_frames, misses, drops, reconnects, latency_ms, ...
+    type: ClassVar[str] = "status"
+
+    def to_dict(self) -> dict:
+        return {"type": "status", **self.values}
+
+
+Message = Hello | Prediction | Skip | Status
+
+
+def _as_dict(msg) -> dict:
+    d = msg if isinstance(msg, dict) else msg.to_dict()
+    if d.get("type") == "prediction" and len(d.get("topk", ())) > MAX_TOPK:
+        d = {**d, "topk": d["topk"][:MAX_TOPK], "topk_capped": True}
+    return d
+
+
+# --- codecs: one per format, chosen once ------------------------------------
+
+class _Codec:
+    format = ""
+    separator = b""
+
+    def __init__(self, labels: Iterable[str]):
         self.labels = list(labels)
         if len(self.labels) >= MAX_LABELS:
             raise ValueError(f"{len(self.labels)} labels: the wire format carries at most {MAX_LABELS - 1}")
         self._index = {name: i for i, name in enumerate(self.labels)}
 
-    def encode(self, msg: dict) -> bytes:
-        if msg.get("type") == "prediction" and len(msg.get("topk", ())) > MAX_TOPK:
-            msg = {**msg, "topk": msg["topk"][:MAX_TOPK], "topk_capped": True}
-        if self.format == "jsonl":
-            return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
-        kind = msg["type"]
+    def encode(self, msg) -> bytes:  # a record, or its dict form
+        raise NotImplementedError
+
+    def decode(self, chunk: bytes, labels: list[str]) -> dict:  # one frame, without its separator
+        raise NotImplementedError
+
+
+class JsonlCodec(_Codec):
+    """One JSON object per line, readable in any terminal program."""
+
+    format, separator = "jsonl", b"\n"
+
+    def encode(self, msg) -> bytes:
+        return json.dumps(_as_dict(msg), separators=(",", ":")).encode() + b"\n"
+
+    def decode(self, chunk: bytes, labels: list[str]) -> dict:
+        msg = json.loads(chunk.strip())
+        if not isinstance(msg, dict) or msg.get("type") not in _TYPES:
+            raise ProtocolError("not a message")
+        return msg
+
+
+class BinaryCodec(_Codec):
+    """COBS frames ending in 0x00: type byte + body + CRC-32; predictions and skips packed."""
+
+    format, separator = "binary", b"\x00"
+
+    def encode(self, msg) -> bytes:
+        d = _as_dict(msg)
+        kind = d["type"]
         if kind == "prediction":
-            topk = msg.get("topk", [])
-            body = _PRED.pack(msg["seq"] % (1 << 64), msg["t"], _index(self._index, msg["label"]), msg["score"],
-                              int(msg.get("truth", -1)), len(topk))
-            body += b"".join(_TOPK.pack(_index(self._index, name), score) for name, score in topk)
-            ms = msg.get("ms", {})
+            topk = d.get("topk", [])
+            index = self._index
+            body = _PRED.pack(d["seq"] % (1 << 64), d["t"], index.get(d["label"], 0xFFFF), d["score"],
+                              int(d.get("truth", -1)), len(topk))
+            body += b"".join(_TOPK.pack(index.get(name, 0xFFFF), score) for name, score in topk)
+            ms = d.get("ms", {})
             body += _MS.pack(*(ms.get(s, 0.0) for s in STAGES))
         elif kind == "skip":
-            body = _SKIP.pack(msg["seq"], msg["t"]) + msg.get("reason", "").encode()[:200]
+            body = _SKIP.pack(d["seq"], d["t"]) + d.get("reason", "").encode()[:200]
         else:
-            body = json.dumps(msg, separators=(",", ":")).encode()
+            body = json.dumps(d, separators=(",", ":")).encode()
         packet = bytes([_TYPES[kind]]) + body
         return cobs_encode(packet + struct.pack("<I", zlib.crc32(packet))) + b"\x00"
+
+    def decode(self, chunk: bytes, labels: list[str]) -> dict:
+        raw = cobs_decode(chunk)
+        if len(raw) < 5:
+            raise ProtocolError("short frame")
+        packet, crc = raw[:-4], struct.unpack("<I", raw[-4:])[0]
+        if zlib.crc32(packet) != crc:
+            raise ProtocolError("CRC mismatch")
+        kind, body = _NAMES.get(packet[0]), packet[1:]
+        name = lambda i: UNKNOWN if i == 0xFFFF else (labels[i] if i < len(labels) else str(i))  # noqa: E731
+        if kind == "prediction":
+            seq, t, idx, score, truth, k = _PRED.unpack_from(body)
+            off = _PRED.size
+            topk = []
+            for _ in range(k):
+                i, sc = _TOPK.unpack_from(body, off)
+                topk.append([name(i), sc])
+                off += _TOPK.size
+            ms = dict(zip(STAGES, _MS.unpack_from(body, off)))
+            if off + _MS.size != len(body):
+                raise ProtocolError("prediction length")
+            msg = {"type": "prediction", "seq": seq, "t": t, "label": name(idx), "score": score, "topk": topk,
+                   "ms": ms}
+            if truth >= 0:
+                msg["truth"] = truth
+            return msg
+        if kind == "skip":
+            seq, t = _SKIP.unpack_from(body)
+            return {"type": "skip", "seq": seq, "t": t, "reason": body[_SKIP.size:].decode()}
+        if kind in ("hello", "status"):
+            msg = json.loads(body)
+            if not isinstance(msg, dict):
+                raise ProtocolError("not a message")
+            return msg
+        raise ProtocolError("unknown type")
+
+
+CODECS = {c.format: c for c in (JsonlCodec, BinaryCodec)}
+
+
+def codec_for(fmt: str, labels: Iterable[str] = ()) -> _Codec:
+    if fmt not in CODECS:
+        raise ValueError(f"unknown format {fmt!r}: use jsonl or binary")
+    return CODECS[fmt](labels)
+
+
+Encoder = codec_for  # the name callers know: Encoder(fmt, labels).encode(msg) -> bytes
 
 
 # --- decoding ---------------------------------------------------------------
@@ -120,14 +251,13 @@ class Decoder:
     """Feed it bytes as they arrive; it returns whole messages and counts what it had to drop."""
 
     def __init__(self, fmt: str, labels: Iterable[str] = ()):
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r}: use jsonl or binary")
+        self._codec = codec_for(fmt)
         self.format = fmt
         self.labels = list(labels)
         self.errors = 0  # CRC failures, broken frames, lines that are not JSON messages
         self.other_format = 0  # chunks that look like the other format's framing
         self._buf = bytearray()
-        self._sep = b"\n" if fmt == "jsonl" else b"\x00"
+        self._sep = self._codec.separator
 
     def feed(self, data: bytes) -> list[dict]:
         self._buf += data
@@ -141,7 +271,7 @@ class Decoder:
             if not chunk.strip():
                 continue
             try:
-                msg = check(self._decode(bytes(chunk)))
+                msg = check(self._codec.decode(bytes(chunk), self.labels))
             except (ProtocolError, ValueError, KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
                     RecursionError):
                 self.errors += 1
@@ -158,50 +288,6 @@ class Decoder:
         if self.format == "binary":
             return b'{"type"' in chunk
         return b"\x00" in chunk or not chunk.strip().startswith(b"{")
-
-    def _decode(self, chunk: bytes) -> dict:
-        if self.format == "jsonl":
-            msg = json.loads(chunk.strip())
-            if not isinstance(msg, dict) or msg.get("type") not in _TYPES:
-                raise ProtocolError("not a message")
-            return msg
-        raw = cobs_decode(chunk)
-        if len(raw) < 5:
-            raise ProtocolError("short frame")
-        packet, crc = raw[:-4], struct.unpack("<I", raw[-4:])[0]
-        if zlib.crc32(packet) != crc:
-            raise ProtocolError("CRC mismatch")
-        kind, body = _NAMES.get(packet[0]), packet[1:]
-        if kind == "prediction":
-            seq, t, idx, score, truth, k = _PRED.unpack_from(body)
-            off = _PRED.size
-            topk = []
-            for _ in range(k):
-                i, s = _TOPK.unpack_from(body, off)
-                topk.append([self._name(i), s])
-                off += _TOPK.size
-            ms = dict(zip(STAGES, _MS.unpack_from(body, off)))
-            if off + _MS.size != len(body):
-                raise ProtocolError("prediction length")
-            msg = {"type": "prediction", "seq": seq, "t": t, "label": self._name(idx), "score": score,
-                   "topk": topk, "ms": ms}
-            if truth >= 0:
-                msg["truth"] = truth
-            return msg
-        if kind == "skip":
-            seq, t = _SKIP.unpack_from(body)
-            return {"type": "skip", "seq": seq, "t": t, "reason": body[_SKIP.size:].decode()}
-        if kind in ("hello", "status"):
-            msg = json.loads(body)
-            if not isinstance(msg, dict):
-                raise ProtocolError("not a message")
-            return msg
-        raise ProtocolError("unknown type")
-
-    def _name(self, index: int) -> str:
-        if index == 0xFFFF:
-            return UNKNOWN
-        return self.labels[index] if index < len(self.labels) else str(index)
 
 
 _FIELDS = {  # per kind: field -> the JSON types it may have
