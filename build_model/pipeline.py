@@ -13,7 +13,7 @@ import numpy as np
 
 from device import atomic
 from device.bundle import ModelSpec, Preprocess, TensorSpec, sha256
-from device.runtime import Model
+from device.runtime import Model, open_bundle
 
 from . import UsageError, calibration, datasets, variants
 from .evaluate import Evaluation
@@ -219,6 +219,7 @@ def build(cfg: BuildConfig, log=print) -> BuildResult:
             (stage / "variants" / f"{name}.tflite").write_bytes(data)
         (stage / "model.tflite").write_bytes(tflites[chosen])
         (stage / "model.json").write_text(spec.to_json())
+        open_bundle(stage, num_threads=1)  # what we hand the device passes the device's own gate
         n = min(len(ds.test.y), TESTSET_MAX)
         np.savez_compressed(stage / "testset.npz", x=ds.test.x[:n], y=ds.test.y[:n],
                             labels=np.array(ds.labels))

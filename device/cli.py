@@ -96,19 +96,17 @@ def serve(args) -> int:
     interrupted = []
     sink = source = None
     try:
-        from . import bundle as bundle_mod
         from . import app
         from .preprocess import Preprocessor
         from .notify import Notifier
         from .protocol import Encoder, Hello
-        from .runtime import Model
+        from .runtime import open_bundle
         from .sinks import open_sinks
         from .sources import open_source
 
         check_args(args)
-        b = bundle_mod.load(args.model)
-        model = Model(b.model, num_threads=args.threads)
-        model.check(b.spec)
+        checked = open_bundle(args.model, num_threads=args.threads)
+        b, model = checked.bundle, checked.model
         pre = Preprocessor(b.spec)
         try:
             encoder = Encoder(args.format, b.spec.labels)

@@ -98,3 +98,26 @@ class Model:
                 raise DeviceError(
                     f"model.json {name} does not match the .tflite ({'; '.join(problems)}): rebuild the bundle"
                 )
+
+
+@dataclass(frozen=True)
+class CheckedBundle:
+    """A bundle that passed the gate: its spec and bytes, and the interpreter that runs them."""
+
+    bundle: object  # bundle.Bundle
+    model: Model
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.bundle.spec
+
+
+def open_bundle(path, num_threads: int | None = None) -> CheckedBundle:
+    """The one gate every side uses: model.json checked field by field (bundle.load), the sha256
+    against the .tflite, then the interpreter's own tensors against model.json. DeviceError otherwise."""
+    from .bundle import load
+
+    b = load(path)
+    model = Model(b.model, num_threads=num_threads)
+    model.check(b.spec)
+    return CheckedBundle(b, model)

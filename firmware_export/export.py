@@ -14,7 +14,7 @@ from device import bundle as bundle_mod
 from device.bundle import sha256
 from device.preprocess import Preprocessor
 from device.quant import quantize
-from device.runtime import Model
+from device.runtime import Model, open_bundle
 
 from . import ExportError, compile as cc, flatbuffer, generate, tflm
 
@@ -58,7 +58,7 @@ class Source:
 def read_source(path: Path) -> Source:
     path = Path(path)
     if path.is_dir():
-        b = bundle_mod.load(path)
+        b = open_bundle(path, num_threads=1).bundle  # the same gate as the device
         return Source(b.model, path, b)
     if not path.is_file():
         raise ExportError(f"{path} does not exist: give a bundle folder or a .tflite file")

@@ -428,3 +428,16 @@ def test_null_sink_counts_nothing_it_did_not_do():
     fan.send(b"x")
     fan.check()
     assert fan.drops == 0 and fan.reconnects == 0 and fan.flush(0.1) and not hasattr(NullSink(), "sent")
+
+
+def test_one_gate_for_every_side(digits_bundle, tmp_path):
+    """device, firmware_export and build_model all open a bundle through runtime.open_bundle."""
+    from device.runtime import open_bundle
+    from firmware_export.export import read_source
+
+    checked = open_bundle(digits_bundle, num_threads=1)
+    assert checked.spec.labels == tuple(str(i) for i in range(10)) and checked.model.input.dtype == np.int8
+    b = _edit(digits_bundle, tmp_path, lambda d: d["input"].update(zero_point=d["input"]["zero_point"] + 1))
+    for opener in (lambda p: open_bundle(p), read_source):
+        with pytest.raises(DeviceError, match="zero point"):
+            opener(b)
