@@ -126,10 +126,16 @@ vars() {
   for name in "$@"; do printf '%s=%q\n' "$name" "${!name}"; done
 }
 
-# The remote folder: ~/tinysense unless --remote-dir says otherwise.
-# shellcheck disable=SC2016  # expanded on the target, not here
-REMOTE_PRELUDE='set -euo pipefail
-DIR=${REMOTE_DIR:-$HOME/tinysense}
+# ---- what runs on the target ------------------------------------------------------
+# Plain bash functions, sent whole with declare -f (so shellcheck reads them as code); the values
+# they use arrive through the vars preamble, each %q-quoted. on_target NAME VAR... runs
+# on_target_NAME there after the prelude.
+
+# shellcheck disable=SC2034  # DIR is read by the other target functions
+on_target_prelude() {
+  set -euo pipefail
+  DIR=${REMOTE_DIR:-$HOME/tinysense}
+}
 is_ours() { [[ -f $DIR/.tinysense ]]; }
 app_running() {
   if [[ -f $DIR/mode && $(cat "$DIR/mode") == systemd ]]; then systemctl is-active --quiet tinysense
@@ -144,7 +150,179 @@ stop_app() {
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     rm -f "$DIR/tinysense.pid"
   fi
-}'
+}
+
+on_target() {
+  local fn=on_target_$1
+  shift
+  remote "$(vars "$@")
+$(declare -f on_target_prelude is_ours app_running stop_app systemd_quote fill_unit "$fn")
+on_target_prelude
+$fn"
+}
+
+# shellcheck disable=SC2154  # need_camera, fingerprint, app_sha, bundle_sha, mode, unit, cmd come through vars
+on_target_preflight() {
+  problems=0
+  problem() { printf 'problem: %s\n' "$*"; problems=$((problems + 1)); }
+  # shellcheck source=/dev/null  # the target's own file
+  os=$( (. /etc/os-release && printf '%s' "$PRETTY_NAME") 2>/dev/null || uname -s)
+  arch=$(uname -m)
+  printf 'target: %s, %s\n' "$os" "$arch"
+  case $arch in
+    aarch64) ;;
+    armv7l) printf 'note: 32-bit OS: tflite-runtime with numpy<2 is installed (ai-edge-litert has no armv7l wheels)\n' ;;
+    *) ((ANY_ARCH)) || problem "architecture $arch is not a Raspberry Pi's (aarch64, armv7l): use 64-bit Raspberry Pi OS, or --any-arch to try anyway" ;;
+  esac
+  if ! command -v "$REMOTE_PYTHON" >/dev/null; then
+    problem "$REMOTE_PYTHON is not installed: sudo apt install python3 python3-venv"
+  else
+    v=$("$REMOTE_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    "$REMOTE_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+      problem "Python $v is too old (3.10+ needed): upgrade to Raspberry Pi OS Bookworm or later"
+    "$REMOTE_PYTHON" -c 'import venv, ensurepip' 2>/dev/null ||
+      problem 'the venv module is missing: sudo apt install python3-venv'
+    printf 'python: %s\n' "$v"
+    if ((need_camera)); then
+      "$REMOTE_PYTHON" -c 'import picamera2' 2>/dev/null ||
+        problem 'picamera2 is not importable: sudo apt install python3-picamera2'
+    fi
+  fi
+  mkdir -p "$(dirname "$DIR")"
+  free_kb=$(df -Pk "$(dirname "$DIR")" | awk 'NR == 2 { print $4 }')
+  ((free_kb > 300 * 1024)) || problem "only $((free_kb / 1024)) MiB free under $(dirname "$DIR"): 300 MiB needed, free some space"
+  if [[ $PORT == /* ]]; then
+    if [[ ! -e $PORT ]]; then
+      problem "serial port $PORT does not exist: enable it with raspi-config (Interface Options > Serial Port), or pass --port"
+    else
+      dev=$(basename "$(readlink -f "$PORT")")
+      # shellcheck disable=SC2009  # whole command lines, matched on the tty as a word
+      if ps -eo args= | grep -E "[g]etty.*\b$dev\b" >/dev/null; then
+        problem "a login console (getty) holds $dev: sudo systemctl disable --now serial-getty@$dev, and remove console=serial0 from /boot/firmware/cmdline.txt"
+      fi
+    fi
+  fi
+  if [[ $(id -u) == 0 ]] && ! ((ALLOW_ROOT)); then
+    problem 'you logged in as root, and the service would run as root: log in as an ordinary user (pi), or pass --allow-root'
+  fi
+  if [[ $(id -u) != 0 ]]; then
+    groups=" $(id -nG) "
+    if [[ $PORT == /dev/tty* || $PORT == /dev/serial* ]] && [[ $groups != *' dialout '* ]]; then
+      problem "$(id -un) is not in the dialout group: sudo usermod -aG dialout $(id -un), then log in again"
+    fi
+    if ((need_camera)) && [[ $groups != *' video '* ]]; then
+      problem "$(id -un) is not in the video group: sudo usermod -aG video $(id -un), then log in again"
+    fi
+  fi
+  if ((USE_SYSTEMD)); then
+    command -v systemctl >/dev/null || problem 'systemd is not running here: pass --no-systemd'
+    sudo -n true 2>/dev/null || problem 'installing the service needs passwordless sudo: run sudo visudo, or pass --no-systemd'
+  fi
+  if [[ -e $DIR ]] && ! is_ours; then
+    problem "$DIR exists and was not made by deploy.sh: pass another --remote-dir"
+  fi
+  exit $((problems > 0))
+}
+
+on_target_probe() {
+  if is_ours && [[ -f $DIR/fingerprint && $(cat "$DIR/fingerprint") == "$fingerprint" ]] && app_running; then
+    echo same
+  elif is_ours && [[ -f $DIR/app.sha && $(cat "$DIR/app.sha") == "$app_sha" ]] && [[ -x $DIR/venv/bin/python ]]; then
+    echo app-ok
+  else
+    echo fresh
+  fi
+}
+
+on_target_prepare_app() {
+  mkdir -p "$DIR" && touch "$DIR/.tinysense" && rm -rf "$DIR/app.new" && mkdir "$DIR/app.new"
+}
+
+on_target_install_app() {
+  rm -rf "$DIR/app" && mv "$DIR/app.new" "$DIR/app"
+  [[ -x $DIR/venv/bin/python ]] || "$REMOTE_PYTHON" -m venv --system-site-packages "$DIR/venv"
+  export PIP_NO_CACHE_DIR=1  # leave no ~/.cache/pip behind: remove deletes all deploy.sh made
+  "$DIR/venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+  if [[ $(uname -m) == armv7l ]]; then
+    # no ai-edge-litert wheels for 32-bit Pi OS; tflite-runtime breaks with numpy 2
+    "$DIR/venv/bin/python" -m pip install -q 'numpy<2' tflite-runtime
+  fi
+  "$DIR/venv/bin/python" -m pip install -q "$DIR/app[device]"
+  "$DIR/venv/bin/python" -c 'import device.runtime as r; r.interpreter_module()'
+  echo "$app_sha" > "$DIR/app.sha"
+}
+
+on_target_prepare_bundle() {
+  mkdir -p "$DIR/bundles" && rm -rf "$DIR/bundles/$bundle_sha.new" && mkdir "$DIR/bundles/$bundle_sha.new"
+}
+
+on_target_start() {
+  b="$DIR/bundles/$bundle_sha"
+  rm -rf "$b" && mv "$b.new" "$b"
+  ln -sfn "bundles/$bundle_sha" "$DIR/current.new" && mv -T "$DIR/current.new" "$DIR/current"
+  stop_app
+  echo "$mode" > "$DIR/mode"
+  if [[ $mode == systemd ]]; then
+    printf '%s\n' "$unit" | fill_unit "$DIR" "$(id -un)" > "$DIR/tinysense.service"
+    sudo -n install -m 644 "$DIR/tinysense.service" /etc/systemd/system/tinysense.service
+    sudo -n systemctl daemon-reload
+    sudo -n systemctl enable --quiet tinysense
+    sudo -n systemctl restart tinysense
+  else
+    cd "$DIR/current"
+    touch "$DIR/tinysense.log"
+    n0=$(wc -l < "$DIR/tinysense.log")
+    # restarts the app when it fails; a clean exit (SIGTERM) ends the loop
+    setsid bash -c "until $(printf '%q' "$DIR/venv/bin/python") $cmd; do sleep 2; done" \
+      >> "$DIR/tinysense.log" 2>&1 < /dev/null &
+    echo $! > "$DIR/tinysense.pid"
+  fi
+  for old in "$DIR"/bundles/*; do [[ $old == "$b" ]] || rm -rf "$old"; done
+  sleep 3
+  if [[ $mode == systemd ]]; then
+    restarts=$(systemctl show -p NRestarts --value tinysense 2>/dev/null || echo 0)
+    if ! app_running || ((restarts > 0)); then
+      echo 'the app does not stay up; its last lines:'; journalctl -u tinysense -n 5 --no-pager; exit 1
+    fi
+  else
+    err=$(tail -n "+$((n0 + 1))" "$DIR/tinysense.log" | grep -m1 'error:' || true)
+    if [[ -n $err ]] || ! app_running; then
+      stop_app
+      echo "the app does not stay up: ${err:-see $DIR/tinysense.log}"; exit 1
+    fi
+  fi
+  echo "$fingerprint" > "$DIR/fingerprint"
+}
+
+on_target_status() {
+  is_ours || { echo "nothing deployed in $DIR"; exit 1; }
+  echo "mode: $(cat "$DIR/mode"), bundle: $(readlink "$DIR/current")"
+  if [[ $(cat "$DIR/mode") == systemd ]]; then
+    systemctl status tinysense --no-pager -n 5 || true
+  else
+    if app_running; then echo "running (pid $(cat "$DIR/tinysense.pid"))"; else echo 'not running'; fi
+    tail -n 5 "$DIR/tinysense.log" 2>/dev/null || true
+  fi
+  app_running
+}
+
+on_target_logs() {
+  is_ours || { echo "nothing deployed in $DIR"; exit 1; }
+  if [[ $(cat "$DIR/mode") == systemd ]]; then journalctl -u tinysense -n 50 --no-pager
+  else tail -n 50 "$DIR/tinysense.log"; fi
+}
+
+on_target_remove() {
+  is_ours || { echo "nothing deployed in $DIR"; exit 0; }
+  stop_app
+  if [[ $(cat "$DIR/mode" 2>/dev/null) == systemd ]]; then
+    sudo -n systemctl disable --quiet tinysense 2>/dev/null || true
+    sudo -n rm -f /etc/systemd/system/tinysense.service
+    sudo -n systemctl daemon-reload || true
+  fi
+  rm -rf "$DIR"
+  echo "removed $DIR"
+}
 
 # ---- preflight on the target -------------------------------------------------
 
@@ -152,65 +330,7 @@ preflight() {
   local need_camera=0
   # shellcheck disable=SC2034  # read by name in vars
   [[ $SOURCE == picamera2* ]] && need_camera=1
-  remote "$(vars REMOTE_DIR REMOTE_PYTHON PORT USE_SYSTEMD ANY_ARCH ALLOW_ROOT need_camera)
-$REMOTE_PRELUDE
-problems=0
-problem() { printf 'problem: %s\n' \"\$*\"; problems=\$((problems + 1)); }
-os=\$( (. /etc/os-release && printf '%s' \"\$PRETTY_NAME\") 2>/dev/null || uname -s)
-arch=\$(uname -m)
-printf 'target: %s, %s\n' \"\$os\" \"\$arch\"
-case \$arch in
-  aarch64) ;;
-  armv7l) printf 'note: 32-bit OS: tflite-runtime with numpy<2 is installed (ai-edge-litert has no armv7l wheels)\n' ;;
-  *) ((ANY_ARCH)) || problem \"architecture \$arch is not a Raspberry Pi's (aarch64, armv7l): use 64-bit Raspberry Pi OS, or --any-arch to try anyway\" ;;
-esac
-if ! command -v \"\$REMOTE_PYTHON\" >/dev/null; then
-  problem \"\$REMOTE_PYTHON is not installed: sudo apt install python3 python3-venv\"
-else
-  v=\$(\"\$REMOTE_PYTHON\" -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])')
-  \"\$REMOTE_PYTHON\" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
-    problem \"Python \$v is too old (3.10+ needed): upgrade to Raspberry Pi OS Bookworm or later\"
-  \"\$REMOTE_PYTHON\" -c 'import venv, ensurepip' 2>/dev/null ||
-    problem 'the venv module is missing: sudo apt install python3-venv'
-  printf 'python: %s\n' \"\$v\"
-  if ((need_camera)); then
-    \"\$REMOTE_PYTHON\" -c 'import picamera2' 2>/dev/null ||
-      problem 'picamera2 is not importable: sudo apt install python3-picamera2'
-  fi
-fi
-mkdir -p \"\$(dirname \"\$DIR\")\"
-free_kb=\$(df -Pk \"\$(dirname \"\$DIR\")\" | awk 'NR == 2 { print \$4 }')
-((free_kb > 300 * 1024)) || problem \"only \$((free_kb / 1024)) MiB free under \$(dirname \"\$DIR\"): 300 MiB needed, free some space\"
-if [[ \$PORT == /* ]]; then
-  if [[ ! -e \$PORT ]]; then
-    problem \"serial port \$PORT does not exist: enable it with raspi-config (Interface Options > Serial Port), or pass --port\"
-  else
-    dev=\$(basename \"\$(readlink -f \"\$PORT\")\")
-    if ps -eo args= | grep -E \"[g]etty.*\\b\$dev\\b\" >/dev/null; then
-      problem \"a login console (getty) holds \$dev: sudo systemctl disable --now serial-getty@\$dev, and remove console=serial0 from /boot/firmware/cmdline.txt\"
-    fi
-  fi
-fi
-if [[ \$(id -u) == 0 ]] && ! ((ALLOW_ROOT)); then
-  problem 'you logged in as root, and the service would run as root: log in as an ordinary user (pi), or pass --allow-root'
-fi
-if [[ \$(id -u) != 0 ]]; then
-  groups=\" \$(id -nG) \"
-  if [[ \$PORT == /dev/tty* || \$PORT == /dev/serial* ]] && [[ \$groups != *' dialout '* ]]; then
-    problem \"\$(id -un) is not in the dialout group: sudo usermod -aG dialout \$(id -un), then log in again\"
-  fi
-  if ((need_camera)) && [[ \$groups != *' video '* ]]; then
-    problem \"\$(id -un) is not in the video group: sudo usermod -aG video \$(id -un), then log in again\"
-  fi
-fi
-if ((USE_SYSTEMD)); then
-  command -v systemctl >/dev/null || problem 'systemd is not running here: pass --no-systemd'
-  sudo -n true 2>/dev/null || problem 'installing the service needs passwordless sudo: run sudo visudo, or pass --no-systemd'
-fi
-if [[ -e \$DIR ]] && ! is_ours; then
-  problem \"\$DIR exists and was not made by deploy.sh: pass another --remote-dir\"
-fi
-exit \$((problems > 0))"
+  on_target preflight REMOTE_DIR REMOTE_PYTHON PORT USE_SYSTEMD ANY_ARCH ALLOW_ROOT need_camera
 }
 
 # ---- what is deployed --------------------------------------------------------
@@ -327,21 +447,12 @@ deploy_pi() {
   local rdir=${REMOTE_DIR:-tinysense}
 
   # 1. compare what is there with what would be deployed
-  local state probe
-  probe="$(vars REMOTE_DIR fingerprint)
-$REMOTE_PRELUDE
-if is_ours && [[ -f \$DIR/fingerprint && \$(cat \"\$DIR/fingerprint\") == \"\$fingerprint\" ]] && app_running; then
-  echo same
-elif is_ours && [[ -f \$DIR/app.sha && \$(cat \"\$DIR/app.sha\") == ${app_sha} ]] && [[ -x \$DIR/venv/bin/python ]]; then
-  echo app-ok
-else
-  echo fresh
-fi"
+  local state
   if ((DRY_RUN)); then
-    remote "$probe"
+    on_target probe REMOTE_DIR fingerprint app_sha
     state=fresh
   else
-    state=$(remote "$probe") || die "cannot reach $HOST over ssh: check the host, your key (ssh-add) and --ssh-port"
+    state=$(on_target probe REMOTE_DIR fingerprint app_sha) || die "cannot reach $HOST over ssh: check the host, your key (ssh-add) and --ssh-port"
   fi
   if [[ $state == same ]]; then
     say "$HOST is up to date: same app, bundle and settings, and it is running; nothing changed"
@@ -351,34 +462,18 @@ fi"
   # 2. the app, only when it changed, and its venv
   if [[ $state != app-ok ]]; then
     say "copying the app and creating the venv (the device extra) ..."
-    remote "$(vars REMOTE_DIR)
-$REMOTE_PRELUDE
-mkdir -p \"\$DIR\" && touch \"\$DIR/.tinysense\" && rm -rf \"\$DIR/app.new\" && mkdir \"\$DIR/app.new\""
+    on_target prepare_app REMOTE_DIR
     if ((DRY_RUN)); then
       printf '+ app_tar | %s tar -xf - -C <remote-dir>/app.new\n' "$(quote "${SSH[@]}" "$HOST")"
     else
       app_tar | "${SSH[@]}" "$HOST" "tar -xf - -C $(printf '%q' "$rdir/app.new")"
     fi
-    remote "$(vars REMOTE_DIR REMOTE_PYTHON app_sha)
-$REMOTE_PRELUDE
-rm -rf \"\$DIR/app\" && mv \"\$DIR/app.new\" \"\$DIR/app\"
-[[ -x \$DIR/venv/bin/python ]] || \"\$REMOTE_PYTHON\" -m venv --system-site-packages \"\$DIR/venv\"
-export PIP_NO_CACHE_DIR=1  # leave no ~/.cache/pip behind: remove deletes all deploy.sh made
-\"\$DIR/venv/bin/python\" -m pip install -q --upgrade pip >/dev/null
-if [[ \$(uname -m) == armv7l ]]; then
-  # no ai-edge-litert wheels for 32-bit Pi OS; tflite-runtime breaks with numpy 2
-  \"\$DIR/venv/bin/python\" -m pip install -q 'numpy<2' tflite-runtime
-fi
-\"\$DIR/venv/bin/python\" -m pip install -q \"\$DIR/app[device]\"
-\"\$DIR/venv/bin/python\" -c 'import device.runtime as r; r.interpreter_module()'
-echo \"\$app_sha\" > \"\$DIR/app.sha\""
+    on_target install_app REMOTE_DIR REMOTE_PYTHON app_sha
   fi
 
   # 3. the bundle, swapped in atomically: a new folder, then one rename of the 'current' link
   say "copying the bundle ($bundle_sha) ..."
-  remote "$(vars REMOTE_DIR bundle_sha)
-$REMOTE_PRELUDE
-mkdir -p \"\$DIR/bundles\" && rm -rf \"\$DIR/bundles/\$bundle_sha.new\" && mkdir \"\$DIR/bundles/\$bundle_sha.new\""
+  on_target prepare_bundle REMOTE_DIR bundle_sha
   if ((DRY_RUN)); then
     printf '+ bundle_tar | %s tar -xf - -C <remote-dir>/bundles/%s.new\n' "$(quote "${SSH[@]}" "$HOST")" "$bundle_sha"
   else
@@ -391,44 +486,7 @@ mkdir -p \"\$DIR/bundles\" && rm -rf \"\$DIR/bundles/\$bundle_sha.new\" && mkdir
   ((USE_SYSTEMD)) && unit=$(unit_text)
   local cmd
   cmd=$(quote "${APP_ARGS[@]}")
-  remote "$(vars REMOTE_DIR bundle_sha fingerprint mode unit cmd)
-$(declare -f systemd_quote fill_unit)
-$REMOTE_PRELUDE
-b=\"\$DIR/bundles/\$bundle_sha\"
-rm -rf \"\$b\" && mv \"\$b.new\" \"\$b\"
-ln -sfn \"bundles/\$bundle_sha\" \"\$DIR/current.new\" && mv -T \"\$DIR/current.new\" \"\$DIR/current\"
-stop_app
-echo \"\$mode\" > \"\$DIR/mode\"
-if [[ \$mode == systemd ]]; then
-  printf '%s\n' \"\$unit\" | fill_unit \"\$DIR\" \"\$(id -un)\" > \"\$DIR/tinysense.service\"
-  sudo -n install -m 644 \"\$DIR/tinysense.service\" /etc/systemd/system/tinysense.service
-  sudo -n systemctl daemon-reload
-  sudo -n systemctl enable --quiet tinysense
-  sudo -n systemctl restart tinysense
-else
-  cd \"\$DIR/current\"
-  touch \"\$DIR/tinysense.log\"
-  n0=\$(wc -l < \"\$DIR/tinysense.log\")
-  # restarts the app when it fails; a clean exit (SIGTERM) ends the loop
-  setsid bash -c \"until \$(printf '%q' \"\$DIR/venv/bin/python\") \$cmd; do sleep 2; done\" \\
-    >> \"\$DIR/tinysense.log\" 2>&1 < /dev/null &
-  echo \$! > \"\$DIR/tinysense.pid\"
-fi
-for old in \"\$DIR\"/bundles/*; do [[ \$old == \"\$b\" ]] || rm -rf \"\$old\"; done
-sleep 3
-if [[ \$mode == systemd ]]; then
-  restarts=\$(systemctl show -p NRestarts --value tinysense 2>/dev/null || echo 0)
-  if ! app_running || ((restarts > 0)); then
-    echo 'the app does not stay up; its last lines:'; journalctl -u tinysense -n 5 --no-pager; exit 1
-  fi
-else
-  err=\$(tail -n \"+\$((n0 + 1))\" \"\$DIR/tinysense.log\" | grep -m1 'error:' || true)
-  if [[ -n \$err ]] || ! app_running; then
-    stop_app
-    echo \"the app does not stay up: \${err:-see \$DIR/tinysense.log}\"; exit 1
-  fi
-fi
-echo \"\$fingerprint\" > \"\$DIR/fingerprint\"" || die "starting the app on $HOST failed (see the lines above)"
+  on_target start REMOTE_DIR bundle_sha fingerprint mode unit cmd || die "starting the app on $HOST failed (see the lines above)"
   if ((DRY_RUN)); then
     say "dry run: nothing was changed"
   else
@@ -439,43 +497,19 @@ echo \"\$fingerprint\" > \"\$DIR/fingerprint\"" || die "starting the app on $HOS
 status_pi() {
   check_host "$HOST"
   ssh_cmd
-  remote "$(vars REMOTE_DIR)
-$REMOTE_PRELUDE
-is_ours || { echo \"nothing deployed in \$DIR\"; exit 1; }
-echo \"mode: \$(cat \"\$DIR/mode\"), bundle: \$(readlink \"\$DIR/current\")\"
-if [[ \$(cat \"\$DIR/mode\") == systemd ]]; then
-  systemctl status tinysense --no-pager -n 5 || true
-else
-  if app_running; then echo \"running (pid \$(cat \"\$DIR/tinysense.pid\"))\"; else echo 'not running'; fi
-  tail -n 5 \"\$DIR/tinysense.log\" 2>/dev/null || true
-fi
-app_running"
+  on_target status REMOTE_DIR
 }
 
 logs_pi() {
   check_host "$HOST"
   ssh_cmd
-  remote "$(vars REMOTE_DIR)
-$REMOTE_PRELUDE
-is_ours || { echo \"nothing deployed in \$DIR\"; exit 1; }
-if [[ \$(cat \"\$DIR/mode\") == systemd ]]; then journalctl -u tinysense -n 50 --no-pager
-else tail -n 50 \"\$DIR/tinysense.log\"; fi"
+  on_target logs REMOTE_DIR
 }
 
 remove_pi() {
   check_host "$HOST"
   ssh_cmd
-  remote "$(vars REMOTE_DIR)
-$REMOTE_PRELUDE
-is_ours || { echo \"nothing deployed in \$DIR\"; exit 0; }
-stop_app
-if [[ \$(cat \"\$DIR/mode\" 2>/dev/null) == systemd ]]; then
-  sudo -n systemctl disable --quiet tinysense 2>/dev/null || true
-  sudo -n rm -f /etc/systemd/system/tinysense.service
-  sudo -n systemctl daemon-reload || true
-fi
-rm -rf \"\$DIR\"
-echo \"removed \$DIR\""
+  on_target remove REMOTE_DIR
 }
 
 # ---- firmware ----------------------------------------------------------------
