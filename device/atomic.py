@@ -51,6 +51,9 @@ def staged_dir(out: Path, force: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_output_dir(out, force)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.resolve().parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets the usual mode
     try:
         yield stage
     except BaseException:

@@ -46,7 +46,8 @@ def export_from(args) -> int:
     flash = f"flash {r['flash_bytes']} B (.rodata, not RAM)" if r["flash_bytes"] is not None else \
         "flash not measured (--no-compile)"
     print(f"  model {r['model_bytes']} B, {flash}, "
-          f"arena {r['arena_bytes']} B (TFLM recorded {r['arena_recorded_bytes']} B + {r['arena_margin_percent']:g}%)")
+          f"arena {r['arena_bytes']} B (smallest that runs in TFLM here {r['arena_smallest_host_bytes']} B "
+          f"+ {r['arena_margin_percent']:g}%; the recording allocator reported {r['arena_recorded_bytes']} B)")
     for key, label in (("tflm_vs_litert_reference", "LiteRT reference"), ("tflm_vs_litert_default", "LiteRT default")):
         c = par[key]
         print(f"  parity TFLM vs {label} on {par['samples']} inputs: top-1 agreement "

@@ -193,7 +193,9 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
 
     xs, truth = _inputs(src, micro, PARITY_MAX, inputs)
     recorded = tflm.recorded_arena_bytes(micro, xs[0])
-    arena = arena_size(recorded, margin_percent)
+    # the recorded total can miss the planner's scratch memory (tiny activations): use what works
+    smallest = tflm.smallest_arena(src.model, xs[0], recorded)
+    arena = arena_size(max(recorded, smallest), margin_percent)
     micro = tflm.load(src.model, arena_bytes=arena)  # the emitted figure must be enough by itself
     checks = parity(src.model, micro, xs)
     checks["diverging_ops"] = per_op_divergence(src.model, info, xs)
@@ -204,6 +206,8 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
     m_in, m_out = micro.input, micro.output
     spec = src.bundle.spec if src.bundle else None
     labels = spec.labels if spec else tuple(str(i) for i in range(int(np.prod(m_out.shape))))
+    # a bundle says it is a classifier; a bare .tflite is one when it ends in SOFTMAX
+    is_classifier = spec is not None or (bool(info.ops) and info.ops[-1].name == "SOFTMAX")
     pre = spec.input.preprocess if spec else None
     as_tuple = lambda v: tuple(v) if isinstance(v, tuple) else (v,)  # noqa: E731
     cfg = generate.Config(
@@ -211,7 +215,7 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
         input_shape=m_in.shape, input_dtype=m_in.dtype.name, input_scale=m_in.scale,
         input_zero_point=m_in.zero_point, output_shape=m_out.shape, output_dtype=m_out.dtype.name,
         output_scale=m_out.scale, output_zero_point=m_out.zero_point,
-        labels=labels, mean=as_tuple(pre.mean) if pre else (0.0,), std=as_tuple(pre.std) if pre else (1.0,))
+        labels=labels, is_classifier=is_classifier, mean=as_tuple(pre.mean) if pre else (0.0,), std=as_tuple(pre.std) if pre else (1.0,))
     digest = sha256(src.model)
     source_name = src.path.name if not src.bundle else f"{src.path.name}/model.tflite"
     files = {
@@ -223,6 +227,7 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
     }
     report = {"name": ident, "source": str(src.path), "model_bytes": len(src.model), "sha256": digest,
               "ops": info.op_names, "arena_bytes": arena, "arena_recorded_bytes": recorded,
+              "arena_smallest_host_bytes": smallest,
               "arena_margin_percent": margin_percent, "target": target, "parity": checks,
               "golden": {"count": len(pick), "tolerance_steps": 1}, "files": sorted(files)}
     with atomic.staged_dir(out, force) as stage:

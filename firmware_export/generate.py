@@ -18,16 +18,35 @@ decltype default delete do double else enum explicit export extern false float f
 long mutable namespace new noexcept not nullptr operator or private protected public register return short
 signed sizeof static struct switch template this throw true try typedef typeid typename union unsigned using
 virtual void volatile while main""".split())
+# Names a generated identifier must not take: <stdint.h>/<stddef.h> types, std, common macros
+# and the C library's well-known globals (a namespace or array named so breaks the build).
+RESERVED = set("""std int8_t uint8_t int16_t uint16_t int32_t uint32_t int64_t uint64_t intptr_t uintptr_t size_t
+ssize_t ptrdiff_t wchar_t char16_t char32_t null eof true false min max assert errno stdin stdout stderr
+offsetof tflite""".split())
+MAX_NAME = 63  # C guarantees 63 significant characters; file names stay well under 255 bytes
 CTYPES = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t", "float32": "float"}
 
 
 def sanitise(name: str) -> str:
     """A C identifier from a file or folder name: other characters become ``_``; refuses what cannot be one."""
     ident = re.sub(r"[^A-Za-z0-9_]", "_", name.strip()).strip("_").lower()
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ident or "0") or ident in C_KEYWORDS or keyword.iskeyword(ident):
-        raise ExportError(f"name {name!r} does not make a C identifier ({ident or 'empty'!s}): pass --name, "
+    shown = _comment(name)[:40] + ("..." if len(name) > 40 else "")
+    if len(ident) > MAX_NAME:
+        raise ExportError(f"name {shown!r} makes a {len(ident)}-character identifier, more than {MAX_NAME}: "
+                          "pass a shorter --name")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ident or "0") or keyword.iskeyword(ident):
+        raise ExportError(f"name {shown!r} does not make a C identifier ({ident or 'empty'!s}): pass --name, "
                           "starting with a letter")
+    if ident in C_KEYWORDS or ident in RESERVED or ident.startswith("__") or re.fullmatch(r"_[a-z0-9_]*", ident):
+        raise ExportError(f"name {shown!r} gives {ident!r}, which C, C++ or TFLM already use, so it cannot be "
+                          "the C identifier here: pass another --name")
     return ident
+
+
+def _comment(text: str) -> str:
+    """Text for a ``//`` comment: one line of printable ASCII (a newline in a folder name would end the
+    comment and put the rest into the code)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in str(text))[:200]
 
 
 def _template(name: str) -> Template:
@@ -67,6 +86,7 @@ class Config:
     output_scale: float
     output_zero_point: int
     labels: tuple[str, ...]
+    is_classifier: bool = True  # outputs are class scores; otherwise values
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
 
@@ -74,14 +94,14 @@ class Config:
 def model_data(name: str, model: bytes, source: str, sha256: str) -> dict[str, str]:
     guard = name.upper()
     data = _c_array(model, 12, lambda b: f"0x{b:02x}")
-    values = dict(name=name, guard=guard, source=source, sha256=sha256, bytes=data, length=len(model))
+    values = dict(name=name, guard=guard, source=_comment(source), sha256=sha256, bytes=data, length=len(model))
     return {f"{name}_model_data.h": _template("model_data.h.tmpl").substitute(values),
             f"{name}_model_data.cc": _template("model_data.cc.tmpl").substitute(values)}
 
 
 def model_ops(name: str, ops: list[str], source: str) -> dict[str, str]:
     adds = "\n".join(f"  if (resolver.{resolver_method(op)}() != kTfLiteOk) return kTfLiteError;" for op in ops)
-    text = _template("model_ops.h.tmpl").substitute(name=name, guard=name.upper(), source=source,
+    text = _template("model_ops.h.tmpl").substitute(name=name, guard=name.upper(), source=_comment(source),
                                                     op_list=", ".join(ops), op_count=len(ops), adds=adds)
     return {f"{name}_model_ops.h": text}
 
@@ -95,13 +115,14 @@ def model_config(name: str, cfg: Config, source: str) -> dict[str, str]:
         if dtype not in CTYPES:
             raise ExportError(f"tensor type {dtype} has no C type here")
     text = _template("model_config.h.tmpl").substitute(
-        name=name, guard=name.upper(), source=source, arena_bytes=cfg.arena_bytes, arena_recorded=cfg.arena_recorded,
+        name=name, guard=name.upper(), source=_comment(source), arena_bytes=cfg.arena_bytes, arena_recorded=cfg.arena_recorded,
         margin_percent=f"{cfg.margin_percent:g}", input_ctype=CTYPES[cfg.input_dtype],
         input_dims=len(cfg.input_shape), input_shape=", ".join(map(str, cfg.input_shape)),
         input_size=_size(cfg.input_shape), input_scale=_c_float(cfg.input_scale),
         input_zero_point=cfg.input_zero_point, output_ctype=CTYPES[cfg.output_dtype],
         output_size=_size(cfg.output_shape), output_scale=_c_float(cfg.output_scale),
         output_zero_point=cfg.output_zero_point, label_count=len(cfg.labels),
+        is_classifier="true" if cfg.is_classifier else "false",
         labels=", ".join(_c_string(s) for s in cfg.labels), pre_count=len(cfg.mean),
         mean=", ".join(_c_float(v) for v in cfg.mean), std=", ".join(_c_float(v) for v in cfg.std))
     return {f"{name}_model_config.h": text}
@@ -112,7 +133,7 @@ def golden(name: str, inputs: np.ndarray, outputs: np.ndarray, truth: list[int],
     def rows(arr):
         return "\n".join("  {" + ", ".join(str(int(v)) for v in row.reshape(-1)) + "}," for row in arr)
     text = _template("golden.h.tmpl").substitute(
-        name=name, guard=name.upper(), source=source, count=len(inputs), inputs=rows(inputs), outputs=rows(outputs),
+        name=name, guard=name.upper(), source=_comment(source), count=len(inputs), inputs=rows(inputs), outputs=rows(outputs),
         truth=", ".join(str(t) for t in truth))
     return {f"{name}_golden.h": text}
 

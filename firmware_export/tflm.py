@@ -7,8 +7,13 @@ stderr, so that file descriptor is captured around the call.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -108,15 +113,18 @@ def can_run(model: bytes) -> tuple[bool, str]:
     outright on some graphs (keras.applications MobileNets, measured), and a crash must
     be a "no" with a reason, not the end of a build.
     """
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
     with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
         f.write(model)
         f.flush()
-        r = subprocess.run([sys.executable, "-m", "firmware_export.tflm", f.name], capture_output=True, text=True)
+        return _in_child(f.name)
+
+
+def _in_child(model_path: str, arena: int | None = None, sample_path: str | None = None) -> tuple[bool, str]:
+    """One TFLM allocate-and-invoke in a fresh process: a crash there is an answer, not our death."""
+    cmd = [sys.executable, "-m", "firmware_export.tflm", model_path]
+    if arena is not None:
+        cmd += [str(arena), sample_path or ""]
+    r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode < 0:
         return False, f"the TensorFlow Lite Micro interpreter crashed on this model (signal {-r.returncode})"
     try:
@@ -126,21 +134,60 @@ def can_run(model: bytes) -> tuple[bool, str]:
     return bool(ok), str(reason)
 
 
-def _can_run_here(model: bytes) -> tuple[bool, str]:
+def _can_run_here(model: bytes, arena: int = PROBE_ARENA_BYTES, sample: np.ndarray | None = None):
     try:
-        m = load(model)
+        m = load(model, arena_bytes=arena)
     except ExportError as e:
         return False, str(e)
-    _, failure = _attempt(lambda: m.run(np.zeros(m.input_shape, m.input_dtype)))
+    x = sample if sample is not None else np.zeros(m.input_shape, m.input_dtype)
+    _, failure = _attempt(lambda: m.run(x))
     return failure is None, failure or ""
 
 
-if __name__ == "__main__":  # the child process of can_run: python -m firmware_export.tflm MODEL.tflite
-    import json
-    import sys
+if __name__ == "__main__":  # the child: python -m firmware_export.tflm MODEL.tflite [ARENA SAMPLE.npy]
     from pathlib import Path
 
-    print(json.dumps(_can_run_here(Path(sys.argv[1]).read_bytes())))
+    arena_arg = int(sys.argv[2]) if len(sys.argv) > 2 else PROBE_ARENA_BYTES
+    sample_arg = np.load(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] else None
+    print(json.dumps(_can_run_here(Path(sys.argv[1]).read_bytes(), arena_arg, sample_arg)))
+
+
+def smallest_arena(model: bytes, sample: np.ndarray, start: int, limit: int = PROBE_ARENA_BYTES) -> int:
+    """The smallest arena (bytes, a multiple of 16) in which TFLM allocates and invokes ``model``.
+
+    Starts from ``start`` (the recording allocator's total), which for models with tiny
+    activations leaves out the planner's scratch memory: grows until it works, then bisects.
+    Measured here on the 64-bit host under the recording allocator, so it errs high for a 32-bit MCU.
+    """
+    tmp = tempfile.TemporaryDirectory()
+    (Path(tmp.name) / "m.tflite").write_bytes(model)
+    np.save(Path(tmp.name) / "x.npy", sample)
+
+    def works(size: int) -> bool:  # each probe in a child: too small an arena can crash the package
+        return _in_child(str(Path(tmp.name) / "m.tflite"), size, str(Path(tmp.name) / "x.npy"))[0]
+
+    step = lambda n: -(-n // 16) * 16  # noqa: E731
+    hi = step(max(start, 16))
+    lo = 0
+    while not works(hi):
+        lo = hi
+        if hi >= limit:
+            raise ExportError(f"TensorFlow Lite Micro cannot run this model in {limit:,} bytes of arena")
+        hi = min(step(hi * 2), limit)
+    if lo == 0 and hi > 16:  # the recorded figure worked: look below it too, a little
+        lo = step(hi * 3 // 4)
+        if works(lo):
+            hi, lo = lo, 0
+    while hi - lo > 16:
+        mid = step((lo + hi) // 2)
+        if mid in (lo, hi):
+            break
+        if works(mid):
+            hi = mid
+        else:
+            lo = mid
+    tmp.cleanup()
+    return hi
 
 
 def recorded_arena_bytes(m: MicroModel, sample: np.ndarray) -> int:

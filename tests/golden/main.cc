@@ -21,11 +21,9 @@ int g_next = 0;
 // Boards without stdio override this (the Arduino sketch prints to Serial).
 void Print(const char* text);
 
-// Scores as integer thousandths: printf("%f") is missing from many embedded C libraries.
 void PrintResult(const char* label, float score) {
-  char line[96];
-  int milli = static_cast<int>(score * 1000.0f + 0.5f);
-  snprintf(line, sizeof(line), "%s %d.%03d\n", label, milli / 1000, milli % 1000);
+  char line[96], number[24];
+  snprintf(line, sizeof(line), "%s %s\n", label, tiny::FormatMilli(number, sizeof(number), score));
   Print(line);
 }
 
@@ -82,12 +80,22 @@ bool TinysenseSetup() {
 void TinysenseLoop() {
   if (g_interpreter == nullptr || !Run(NextInput())) return;
   const tiny::OutputType* out = reinterpret_cast<const tiny::OutputType*>(g_interpreter->output(0)->data.raw);
+  auto value = [out](int i) {
+    return (static_cast<int>(out[i]) - tiny::kOutputZeroPoint) * tiny::kOutputScale;
+  };
+  if (!tiny::kIsClassifier) {  // an autoencoder, a regressor: its outputs are values, not labels
+    char name[24];
+    for (int i = 0; i < tiny::kOutputSize; ++i) {
+      snprintf(name, sizeof(name), "output[%d]", i);
+      PrintResult(name, value(i));
+    }
+    return;
+  }
   int best = 0;
   for (int i = 1; i < tiny::kOutputSize; ++i) {
     if (out[i] > out[best]) best = i;
   }
-  float score = (static_cast<int>(out[best]) - tiny::kOutputZeroPoint) * tiny::kOutputScale;
-  PrintResult(tiny::kLabels[best], score);
+  PrintResult(tiny::kLabels[best], value(best));
 }
 
 #ifndef ARDUINO

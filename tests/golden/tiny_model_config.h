@@ -3,6 +3,7 @@
 #define TINY_MODEL_CONFIG_H_
 
 #include <stdint.h>
+#include <stdio.h>
 
 namespace tiny {
 
@@ -22,8 +23,20 @@ constexpr int kOutputSize = 3;
 constexpr float kOutputScale = 0.00390625f;
 constexpr int kOutputZeroPoint = -128;
 
+// A classifier's outputs are class scores (argmax is the label); any other model's are values.
+constexpr bool kIsClassifier = true;
 constexpr int kLabelCount = 3;
 constexpr const char* kLabels[kLabelCount] = {"cat", "say \"hi\"", "dog"};
+
+// A float as "-8.747": printf("%f") is missing from many embedded C libraries, and "%d.%03d"
+// of a negative number prints "-8.-747". Writes at most size bytes; returns text.
+inline char* FormatMilli(char* text, int size, float value) {
+  long milli = static_cast<long>(value * 1000.0f + (value < 0 ? -0.5f : 0.5f));
+  const char* sign = milli < 0 ? "-" : "";
+  unsigned long m = milli < 0 ? static_cast<unsigned long>(-milli) : static_cast<unsigned long>(milli);
+  snprintf(text, size, "%s%lu.%03lu", sign, m / 1000, m % 1000);
+  return text;
+}
 
 // Preprocessing from model.json: float_input = (raw - mean) / std, then quantize with
 // round-to-nearest and clamp to the input type. One value, or one per channel.
