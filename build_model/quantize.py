@@ -16,7 +16,7 @@ import numpy as np
 from device.capture import captured
 from firmware_export.flatbuffer import read as read_flatbuffer
 
-from . import BuildError, UsageError
+from . import BuildError
 from .calibration import generator
 from .datasets import Dataset
 from .tf import keras, tf

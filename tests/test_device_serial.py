@@ -1,7 +1,6 @@
 """The device app as a process, over real pseudo terminals (socat), as it runs on a Pi."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,6 @@ import pytest
 import serial
 
 from conftest import ROOT, start_socat
-from device.monitor import Monitor
 from device.protocol import Decoder
 
 

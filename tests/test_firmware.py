@@ -102,7 +102,7 @@ def test_emitted_arena_is_enough_and_a_guess_below_is_not(digits_export, digits_
 def test_generated_sources_hold_what_the_model_holds(digits_export, digits_bundle):
     report, out = digits_export
     ops_h = (out / "digits_model_ops.h").read_text()
-    assert f"MicroMutableOpResolver<kOpCount>" in ops_h and f"kOpCount = {len(report['ops'])};" in ops_h
+    assert "MicroMutableOpResolver<kOpCount>" in ops_h and f"kOpCount = {len(report['ops'])};" in ops_h
     assert ops_h.count("!= kTfLiteOk) return kTfLiteError;") == len(report["ops"])
     cc = (out / "digits_model_data.cc").read_text()
     assert "alignas(16) const unsigned char g_digits_model_data[]" in cc
