@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-no
                    openssh-server openssh-client xxd
 SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd
 
-.PHONY: all venv system-deps pi-deps demo test pi-test bench bench-ucr clean
+.PHONY: all venv system-deps pi-deps demo test pi-test firmware-test bench bench-ucr clean
 
 all: test
 
@@ -53,6 +53,11 @@ demo: venv system-deps
 
 test: venv system-deps
 	$(BIN)/python -m pytest -q
+
+# The generated firmware built by real TFLM (the tree in ../shared, or TFLM_TREE) and run on the host.
+# The first run compiles TFLM (about 4 minutes on 2 cores), cached in ~/.cache/tinysense-tflm.
+firmware-test: venv system-deps
+	TINYSENSE_FIRMWARE_TEST=1 $(BIN)/python -m pytest -q tests/firmware
 
 # deploy.sh to an emulated Pi (bookworm arm64 under qemu-user, rootfs cached in ~/.cache/tinysense-pi):
 # about 15 minutes from scratch, a few minutes cached. Needs root (chroot, mount namespaces).

@@ -26,6 +26,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", type=Path,
                    help="an .npz with x (and y): samples for parity and golden vectors when exporting a bare .tflite")
     p.add_argument("--no-compile", action="store_true", help="skip the g++ and arm-none-eabi-g++ checks")
+    p.add_argument("--build", choices=["host"], action="append", default=[],
+                   help="build main.cc with real TFLM into a program and run its golden self-test "
+                        "(host: this machine's g++; needs --tflm-tree)")
+    p.add_argument("--tflm-tree", type=Path,
+                   help="a standalone TFLM source tree from create_tflm_tree.py (default: $TFLM_TREE)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     return p
 
@@ -39,7 +44,8 @@ def export_from(args) -> int:
 
     result = export(args.model, args.out, name=args.name, target=args.target, flash_kb=args.flash_kb,
                     ram_kb=args.ram_kb, force=args.force, compile_check=not args.no_compile,
-                    margin_percent=args.margin, inputs=args.inputs)
+                    margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
+                    tflm_tree=args.tflm_tree)
     r = result.report
     par = r["parity"]
     print(f"exported {r['name']} to {result.out}: ops {', '.join(r['ops'])}")
@@ -52,6 +58,8 @@ def export_from(args) -> int:
         c = par[key]
         print(f"  parity TFLM vs {label} on {par['samples']} inputs: top-1 agreement "
               f"{c['top1_agreement'] * 100:.1f}%, max difference {c['max_step_diff']} step(s)")
+    for target, b in r.get("build", {}).items():
+        print(f"  built {b['program']} with TFLM for {target}: self-test {b['self_test']} golden inputs match")
     for d in par["diverging_ops"]:
         print(f"  TFLM and LiteRT reference kernels differ at op {d['index']} {d['op']} by up to "
               f"{d['max_step_diff']} step(s)")

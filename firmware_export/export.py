@@ -181,7 +181,8 @@ class ExportResult:
 
 
 def export(path: Path, out: Path, name: str | None = None, target: str | None = None, flash_kb: int | None = None,
-           ram_kb: int | None = None, force: bool = False, compile_check: bool = True,
+           ram_kb: int | None = None, force: bool = False, compile_check: bool = True, build: tuple = (),
+           tflm_tree=None,
            margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None) -> ExportResult:
     if target is not None and target not in TARGETS:
         raise ExportError(f"unknown target {target!r}: choose from {', '.join(TARGETS)}")
@@ -242,6 +243,11 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
                 raise ExportError("the model landed in .data (RAM), not flash: the array lost its const")
         else:
             report["flash_bytes"] = None
+        if build:
+            from . import build as builder
+
+            tree = builder.find_tree(tflm_tree)
+            report["build"] = {t: builder.build_host(stage, ident, tree) for t in build}
         _check_budget(report, target, flash_kb, ram_kb)
         (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(Path(out), report)

@@ -1,0 +1,88 @@
+"""The generated firmware built by real TFLM (the standalone tree in ../shared) and run: 'make firmware-test'.
+
+The first run compiles TFLM's reference kernels (about 4 minutes on 2 cores); later runs reuse
+the cached library in ~/.cache/tinysense-tflm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SHARED_MODELS
+from firmware_export import build, generate
+from firmware_export.export import export
+from firmware_export.flatbuffer import _names, _schema, resolver_method
+
+TREE = ROOT.parent / "shared" / "third_party" / "tflm"
+pytestmark = [
+    pytest.mark.skipif(not os.environ.get("TINYSENSE_FIRMWARE_TEST"),
+                       reason="compiling TFLM takes minutes: 'make firmware-test' runs this"),
+    pytest.mark.skipif(not TREE.is_dir(), reason="../shared/third_party/tflm is absent"),
+]
+
+
+def _built(model, tmp_path, name):
+    out = tmp_path / name
+    export(model, out, build=("host",), tflm_tree=TREE)
+    report = json.loads((out / "export.json").read_text())
+    b = report["build"]["host"]
+    assert re.fullmatch(r"(\d+) of \1", b["self_test"]), b  # every golden input matched
+    assert (out / b["program"]).is_file()
+    return report, out
+
+
+def test_digits_builds_with_tflm_and_passes_its_self_test(digits_bundle, tmp_path):
+    report, out = _built(digits_bundle, tmp_path, "digits")
+    lines = report["build"]["host"]["output"]
+    assert lines[0] == "self-test: 5 of 5 golden inputs match"
+    assert all(re.fullmatch(r"\d \d\.\d{3}", ln) for ln in lines[1:])  # "label score" lines from main.cc
+
+
+def test_mlperf_resnet8_builds_with_tflm(tmp_path):
+    model = SHARED_MODELS / "pretrainedResnet_quant.tflite"
+    if not model.is_file():
+        pytest.skip("../shared/models/mlperf-tiny-ic is absent")
+    report, _ = _built(model, tmp_path, "resnet")
+    assert report["build"]["host"]["self_test"] == "5 of 5"
+
+
+def test_a_tiny_activation_autoencoder_builds_and_prints_values(tmp_path):
+    from build_model.tf import keras, tf
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    m = keras.Sequential([L.Input((640,)), L.Dense(16, activation="relu"), L.Dense(8, activation="relu"),
+                          L.Dense(16, activation="relu"), L.Dense(640)])
+    rng = np.random.default_rng(0)
+    c = tf.lite.TFLiteConverter.from_keras_model(m)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([rng.normal(size=(1, 640)).astype(np.float32)] for _ in range(100))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = c.inference_output_type = tf.int8
+    path = tmp_path / "ae.tflite"
+    path.write_bytes(c.convert())
+    report, _ = _built(path, tmp_path, "ae")
+    assert any(ln.startswith("output[0] ") for ln in report["build"]["host"]["output"])
+
+
+def test_a_resolver_of_every_builtin_tflm_offers_compiles(tmp_path):
+    header = (TREE / "tensorflow" / "lite" / "micro" / "micro_mutable_op_resolver.h").read_text()
+    methods = set(re.findall(r"TfLiteStatus (Add\w+)\(", header))
+    # CUSTOM maps to AddCustom(name, registration): not a builtin (preflight refuses custom ops)
+    ops = sorted(n for n in _names(_schema().BuiltinOperator).values()
+                 if resolver_method(n) in methods and n != "CUSTOM")
+    assert len(ops) >= 100  # every builtin TFLM offers (AddCustom aside)
+    for name, text in generate.model_ops("every", ops, "every builtin").items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "every.cc").write_text('#include "every_model_ops.h"\n'
+                                       "TfLiteStatus RegisterAll() { static every::OpResolver r;"
+                                       " return every::RegisterOps(r); }\n")
+    r = subprocess.run(["g++", *build.FLAGS, f"-I{tmp_path}", *build._includes(TREE), "-c", str(tmp_path / "every.cc"),
+                        "-o", str(tmp_path / "every.o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
