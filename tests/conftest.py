@@ -52,3 +52,23 @@ def start_socat(tmp_path, a="app", b="host"):
         time.sleep(0.05)
     proc.kill()
     pytest.fail("socat did not create the pty pair")
+
+
+def int8_autoencoder(path: Path) -> Path:
+    """A small dense int8 autoencoder of our own (640-16-8-16-640): tiny activations, 640 values out."""
+    import numpy as np
+
+    from build_model.tf import keras, tf
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    m = keras.Sequential([L.Input((640,)), L.Dense(16, activation="relu"), L.Dense(8, activation="relu"),
+                          L.Dense(16, activation="relu"), L.Dense(640)])
+    rng = np.random.default_rng(0)
+    c = tf.lite.TFLiteConverter.from_keras_model(m)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([rng.normal(size=(1, 640)).astype(np.float32)] for _ in range(100))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = c.inference_output_type = tf.int8
+    path.write_bytes(c.convert())
+    return path

@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-import numpy as np
 import pytest
 
-from conftest import ROOT, require_tool
+from conftest import ROOT, int8_autoencoder, require_tool
 from firmware_export import ExportError, generate
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -49,22 +48,7 @@ def test_text_in_comments_cannot_inject_code():
 
 @pytest.fixture(scope="module")
 def autoencoder(tmp_path_factory):
-    """A small dense int8 autoencoder of our own: 640 outputs that are values, not classes."""
-    from build_model.tf import keras, tf
-
-    keras.utils.set_random_seed(0)
-    L = keras.layers
-    m = keras.Sequential([L.Input((640,)), L.Dense(16, activation="relu"), L.Dense(8, activation="relu"),
-                          L.Dense(16, activation="relu"), L.Dense(640)])
-    rng = np.random.default_rng(0)
-    c = tf.lite.TFLiteConverter.from_keras_model(m)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([rng.normal(size=(1, 640)).astype(np.float32)] for _ in range(100))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = c.inference_output_type = tf.int8
-    path = tmp_path_factory.mktemp("ae") / "autoencoder.tflite"
-    path.write_bytes(c.convert())
-    return path
+    return int8_autoencoder(tmp_path_factory.mktemp("ae") / "autoencoder.tflite")
 
 
 def test_an_autoencoder_exports_and_prints_values(autoencoder, tmp_path):

@@ -11,10 +11,9 @@ import os
 import re
 import subprocess
 
-import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED_MODELS
+from conftest import ROOT, SHARED_MODELS, int8_autoencoder
 from firmware_export import build, generate
 from firmware_export.export import export
 from firmware_export.flatbuffer import _names, _schema, resolver_method
@@ -53,21 +52,7 @@ def test_mlperf_resnet8_builds_with_tflm(tmp_path):
 
 
 def test_a_tiny_activation_autoencoder_builds_and_prints_values(tmp_path):
-    from build_model.tf import keras, tf
-
-    keras.utils.set_random_seed(0)
-    L = keras.layers
-    m = keras.Sequential([L.Input((640,)), L.Dense(16, activation="relu"), L.Dense(8, activation="relu"),
-                          L.Dense(16, activation="relu"), L.Dense(640)])
-    rng = np.random.default_rng(0)
-    c = tf.lite.TFLiteConverter.from_keras_model(m)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([rng.normal(size=(1, 640)).astype(np.float32)] for _ in range(100))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = c.inference_output_type = tf.int8
-    path = tmp_path / "ae.tflite"
-    path.write_bytes(c.convert())
-    report, _ = _built(path, tmp_path, "ae")
+    report, _ = _built(int8_autoencoder(tmp_path / "ae.tflite"), tmp_path, "ae")
     assert any(ln.startswith("output[0] ") for ln in report["build"]["host"]["output"])
 
 
