@@ -50,7 +50,7 @@ def _sources(tree: Path) -> list[Path]:
     return sorted(p for p in tree.rglob("*.cc") if not SKIP.search(p.relative_to(tree).as_posix()))
 
 
-def library(tree: Path, compiler: str = "g++", jobs: int | None = None, log=print) -> Path:
+def library(tree: Path, compiler: str = "g++", jobs: int | None = None, log=lambda *a: None) -> Path:
     """libtflm.a for this tree and these flags, compiled once (minutes) and cached."""
     sources = _sources(tree)
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
@@ -85,7 +85,7 @@ def _first_error(text: str) -> str:
     return lines[0][:200]
 
 
-def build_host(src_dir: Path, name: str, tree: Path, log=print) -> dict:
+def build_host(src_dir: Path, name: str, tree: Path, log=lambda *a: None) -> dict:
     """Compile main.cc and the model array against TFLM with g++, run the program, check its self-test."""
     gxx = shutil.which("g++")
     if not gxx:

@@ -45,7 +45,7 @@ def export_from(args) -> int:
     result = export(args.model, args.out, name=args.name, target=args.target, flash_kb=args.flash_kb,
                     ram_kb=args.ram_kb, force=args.force, compile_check=not args.no_compile,
                     margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
-                    tflm_tree=args.tflm_tree)
+                    tflm_tree=args.tflm_tree, log=lambda *a: print(*a, file=sys.stderr))
     r = result.report
     par = r["parity"]
     print(f"exported {r['name']} to {result.out}: ops {', '.join(r['ops'])}")

@@ -182,7 +182,7 @@ class ExportResult:
 
 def export(path: Path, out: Path, name: str | None = None, target: str | None = None, flash_kb: int | None = None,
            ram_kb: int | None = None, force: bool = False, compile_check: bool = True, build: tuple = (),
-           tflm_tree=None,
+           tflm_tree=None, log=lambda *a: None,
            margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None) -> ExportResult:
     if target is not None and target not in TARGETS:
         raise ExportError(f"unknown target {target!r}: choose from {', '.join(TARGETS)}")
@@ -247,7 +247,7 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
             from . import build as builder
 
             tree = builder.find_tree(tflm_tree)
-            report["build"] = {t: builder.build_host(stage, ident, tree) for t in build}
+            report["build"] = {t: builder.build_host(stage, ident, tree, log=log) for t in build}
         _check_budget(report, target, flash_kb, ram_kb)
         (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(Path(out), report)
