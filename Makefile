@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-no
                    openssh-server openssh-client xxd
 SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd
 
-.PHONY: all venv system-deps pi-deps demo test pi-test firmware-test bench bench-ucr clean
+.PHONY: all venv system-deps firmware-deps pi-deps demo test pi-test firmware-test bench bench-ucr clean
 
 all: test
 
@@ -35,6 +35,17 @@ system-deps:
 	  || { echo "could not install$$missing: run 'sudo apt-get install $(SYSTEM_PACKAGES)'"; exit 1; }; \
 	fi
 
+# Building the firmware with TFLM: C++ headers for arm-none-eabi-g++, QEMU's Arm boards for the Cortex-M runs.
+FIRMWARE_PACKAGES := libstdc++-arm-none-eabi-newlib qemu-system-arm
+firmware-deps:
+	@if ! command -v qemu-system-arm >/dev/null || [ ! -d /usr/include/newlib/c++ ]; then \
+	  echo "installing system packages: $(FIRMWARE_PACKAGES)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $(FIRMWARE_PACKAGES) \
+	  || { echo "could not install them: run 'sudo apt-get install $(FIRMWARE_PACKAGES)'"; exit 1; }; \
+	fi
+
 # The emulated Raspberry Pi's host side: debootstrap, qemu-user-static with binfmt_misc.
 PI_PACKAGES := debootstrap qemu-user-static binfmt-support
 pi-deps:
@@ -56,7 +67,7 @@ test: venv system-deps
 
 # The generated firmware built by real TFLM (the tree in ../shared, or TFLM_TREE) and run on the host.
 # The first run compiles TFLM (about 4 minutes on 2 cores), cached in ~/.cache/tinysense-tflm.
-firmware-test: venv system-deps
+firmware-test: venv system-deps firmware-deps
 	TINYSENSE_FIRMWARE_TEST=1 $(BIN)/python -m pytest -q tests/firmware
 
 # deploy.sh to an emulated Pi (bookworm arm64 under qemu-user, rootfs cached in ~/.cache/tinysense-pi):

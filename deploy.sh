@@ -514,70 +514,19 @@ remove_pi() {
 
 # ---- firmware ----------------------------------------------------------------
 
-board_info() {
-  # board -> "target fqbn"
-  case $1 in
-    nano33ble) echo "nrf52840 arduino:mbed_nano:nano33ble" ;;
-    esp32s3) echo "esp32s3 esp32:esp32:esp32s3" ;;
-    pico) echo "rp2040 rp2040:rp2040:rpipico" ;;
-    *) return 1 ;;
-  esac
-}
-
+# The board table, the project layouts, the names and the build/flash step live in Python
+# (firmware_export/boards.py), so the sketch folder, the .ino and the C names agree.
 deploy_firmware() {
   [[ -n $MODEL ]] || die "firmware needs a bundle folder: ./deploy.sh firmware BUNDLE_DIR --board BOARD --out DIR"
   check_bundle
   [[ -n $BOARD ]] || die "--board is required: nano33ble, esp32s3 or pico"
   [[ -n $OUT ]] || die "--out DIR is required"
-  local info target fqbn name py
-  info=$(board_info "$BOARD") || die "unknown board '$BOARD': use nano33ble, esp32s3 or pico"
-  read -r target fqbn <<<"$info"
-  name=$(basename "$(cd "$MODEL" && pwd)")
-  name=${name//[^A-Za-z0-9_]/_}
-  py="$HERE/.venv/bin/python"
+  local py="$HERE/.venv/bin/python" layout=arduino
   [[ -x $py ]] || py=python3
+  ((PLATFORMIO)) && layout=platformio
   [[ -e $OUT ]] && die "$OUT exists: remove it or choose another --out"
-
-  local stage="$OUT.partial"
-  if ((PLATFORMIO)); then
-    run "$py" -m firmware_export "$MODEL" --out "$stage/src" --name "$name" --target "$target" --force
-    if ((DRY_RUN)); then
-      printf '+ write %s/platformio.ini\n' "$stage"
-    else
-      rm -f "$stage/src/$name.ino"
-      cat >"$stage/platformio.ini" <<EOF
-; Written by tinysense deploy.sh for $BOARD. Add a TensorFlow Lite Micro library for your board to lib_deps.
-[env:$BOARD]
-framework = arduino
-board = $(case $BOARD in nano33ble) echo nano33ble ;; esp32s3) echo esp32-s3-devkitc-1 ;; pico) echo pico ;; esac)
-platform = $(case $BOARD in nano33ble) echo nordicnrf52 ;; esp32s3) echo espressif32 ;; pico) echo raspberrypi ;; esac)
-monitor_speed = 115200
-EOF
-    fi
-  else
-    run "$py" -m firmware_export "$MODEL" --out "$stage/$name" --name "$name" --target "$target" --force
-  fi
-  run mv "$stage" "$OUT"
-
-  local sketch="$OUT/$name"
-  if ((PLATFORMIO)); then
-    if command -v pio >/dev/null; then
-      run pio run -d "$OUT"
-      [[ -n $FLASH_PORT ]] && run pio run -d "$OUT" -t upload --upload-port "$FLASH_PORT"
-    else
-      say "PlatformIO project in $OUT. platformio is not installed here; build and flash with:"
-      say "  $(quote pio run -d "$OUT" -t upload ${FLASH_PORT:+--upload-port "$FLASH_PORT"})"
-    fi
-  elif command -v arduino-cli >/dev/null; then
-    run arduino-cli compile --fqbn "$fqbn" "$sketch"
-    [[ -n $FLASH_PORT ]] && run arduino-cli upload -p "$FLASH_PORT" --fqbn "$fqbn" "$sketch"
-  else
-    say "Arduino sketch in $sketch. arduino-cli is not installed here; with a TensorFlow Lite Micro"
-    say "library for the board installed, build and flash with:"
-    say "  $(quote arduino-cli compile --fqbn "$fqbn" "$sketch")"
-    say "  $(quote arduino-cli upload -p "${FLASH_PORT:-PORT}" --fqbn "$fqbn" "$sketch")"
-  fi
-  return 0
+  run "$py" -m firmware_export "$MODEL" --out "$OUT" --layout "$layout" --board "$BOARD" \
+    ${FLASH_PORT:+--flash "$FLASH_PORT"}
 }
 
 # ---- command line --------------------------------------------------------------

@@ -1,10 +1,15 @@
 """Build the generated sources with real TensorFlow Lite Micro into a program, run it, read its self-test.
 
 The TFLM library comes from a standalone source tree, as TFLM's create_tflm_tree.py writes it
-(``--tflm-tree DIR`` or ``TFLM_TREE``). Its reference kernels are compiled once per tree, target
-and flags into a static library cached under ~/.cache/tinysense-tflm; the linker then takes only
-what the model's resolver registers. Target ``host`` (the machine's g++) is built here; the
-Cortex-M targets under QEMU are still to come.
+(``--tflm-tree DIR`` or ``TFLM_TREE``). Its kernels (reference, or CMSIS-NN on a Cortex-M) are
+compiled once per tree, target, kernels and flags into a static library cached under
+~/.cache/tinysense-tflm; the linker then takes only what the model's resolver registers.
+
+Targets: ``host`` (this machine's g++, run directly) and Cortex-M cores on QEMU's Arm boards
+(arm-none-eabi-g++, our own start-up and linker script, semihosting for stdio and the exit code,
+run under qemu-system-arm). On a Cortex-M the build also runs a probe program that bisects the
+smallest arena that allocates there, checks the golden inputs at that size, and counts the
+instructions of one inference with a QEMU plugin; the link map gives whole-firmware flash and RAM.
 """
 
 from __future__ import annotations
@@ -16,15 +21,81 @@ import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from string import Template
 
 from . import ExportError
 
-TARGETS = ("host",)
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinysense-tflm"
 FLAGS = ["-std=c++17", "-O2", "-fno-rtti", "-fno-exceptions", "-DTF_LITE_STATIC_MEMORY"]
+MCU_FLAGS = ["-ffunction-sections", "-fdata-sections", "-fno-unwind-tables", "-fno-asynchronous-unwind-tables"]
+CXX_MCU_FLAGS = ["-fno-threadsafe-statics", "-fno-use-cxa-atexit"]
+C_FLAGS = ["-std=c11", "-O2"]
 SKIP = re.compile(r"_test\.cc$|/examples/|/cmsis_nn/|/tools/|/testing/|benchmarks|test_helper|mock_micro_graph|"
                   r"fake_micro_context")
+KERNELS = ("reference", "cmsis-nn")
+STACK_BYTES = 16 * 1024  # the stack the linker script reserves at the top of RAM; the run reports its use
+RUN_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where a build runs: the host, or a Cortex-M core on one of QEMU's Arm boards."""
+
+    name: str
+    note: str
+    cpu_flags: tuple[str, ...] = ()
+    machine: str | None = None  # qemu-system-arm -M
+    flash: tuple[int, int] = (0, 0)  # origin, length
+    ram: tuple[int, int] = (0, 0)
+    board: tuple[str, int] = ("", 0)  # a common board with this core and its clock (Hz), for the latency estimate
+
+    @property
+    def is_mcu(self) -> bool:
+        return self.machine is not None
+
+    @property
+    def default_kernels(self) -> str:
+        return "cmsis-nn" if self.is_mcu else "reference"
+
+
+MiB = 1024 * 1024
+PLATFORMS = {p.name: p for p in (
+    Platform("host", "this machine's g++ (64-bit pointers)"),
+    Platform("cortex-m4", "Arm MPS2 AN386 (Cortex-M4F) under qemu-system-arm",
+             ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+             "mps2-an386", (0x00000000, 4 * MiB), (0x20000000, 4 * MiB), ("nRF52840", 64_000_000)),
+    Platform("cortex-m7", "Arm MPS2 AN500 (Cortex-M7, double-precision FPU) under qemu-system-arm",
+             ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
+             "mps2-an500", (0x00000000, 4 * MiB), (0x20000000, 4 * MiB), ("STM32F746", 216_000_000)),
+    # the SSE-300's 512 KiB ITCM stands in for flash and its 512 KiB DTCM for RAM
+    Platform("cortex-m55", "Arm MPS3 AN547 (Cortex-M55 with Helium/MVE) under qemu-system-arm",
+             ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
+             "mps3-an547", (0x00000000, 512 * 1024), (0x20000000, 512 * 1024),
+             ("Alif Ensemble E7 high-performance core", 400_000_000)),
+)}
+TARGETS = tuple(PLATFORMS)
+
+
+def platform(name: str) -> Platform:
+    if name not in PLATFORMS:
+        raise ExportError(f"unknown build target {name!r}: choose from {', '.join(PLATFORMS)}")
+    return PLATFORMS[name]
+
+
+CPI = (1.0, 2.0)
+CPI_NOTE = ("assumes 1 to 2 cycles per instruction: these are single-issue cores (the M7 dual-issues and can "
+            "go below 1) where loads, taken branches and flash wait states cost extra cycles; QEMU counts "
+            "instructions, not cycles, so measure on the board for a real figure")
+
+
+def latency_estimate(instructions: int, board: str, clock_hz: int) -> dict:
+    """A latency range for one inference from its instruction count at a board's clock."""
+    low, high = (instructions * c / clock_hz * 1000 for c in CPI)
+    return {"board": board, "clock_mhz": clock_hz / 1e6, "ms_low": round(low, 3), "ms_high": round(high, 3),
+            "assumption": CPI_NOTE}
 
 
 def find_tree(tree: str | os.PathLike | None) -> Path:
@@ -40,42 +111,104 @@ def find_tree(tree: str | os.PathLike | None) -> Path:
     return root
 
 
-def _includes(tree: Path) -> list[str]:
-    return [f"-I{tree}", f"-I{tree / 'third_party' / 'flatbuffers' / 'include'}",
-            f"-I{tree / 'third_party' / 'gemmlowp'}", f"-I{tree / 'third_party' / 'ruy'}",
-            f"-I{tree / 'third_party' / 'kissfft'}"]
+def _includes(tree: Path, kernels: str = "reference") -> list[str]:
+    dirs = [tree, tree / "third_party" / "flatbuffers" / "include", tree / "third_party" / "gemmlowp",
+            tree / "third_party" / "ruy", tree / "third_party" / "kissfft"]
+    if kernels == "cmsis-nn":
+        dirs += [tree / "third_party" / "cmsis_nn", tree / "third_party" / "cmsis_nn" / "Include",
+                 tree / "third_party" / "cmsis" / "CMSIS" / "Core" / "Include"]
+    return [f"-I{d}" for d in dirs]
 
 
-def _sources(tree: Path) -> list[Path]:
-    return sorted(p for p in tree.rglob("*.cc") if not SKIP.search(p.relative_to(tree).as_posix()))
+def _sources(tree: Path, kernels: str = "reference") -> list[Path]:
+    """The library's sources: every runtime and kernel file; for CMSIS-NN its kernels replace the
+    reference ones of the same name, and CMSIS-NN's own C sources come along."""
+    sources = [p for p in tree.rglob("*.cc") if not SKIP.search(p.relative_to(tree).as_posix())]
+    if kernels == "cmsis-nn":
+        kdir = tree / "tensorflow" / "lite" / "micro" / "kernels"
+        optimized = {p.name: p for p in (kdir / "cmsis_nn").glob("*.cc")}
+        if not optimized:
+            raise ExportError(f"{tree} has no CMSIS-NN kernels (tensorflow/lite/micro/kernels/cmsis_nn): make "
+                              "the tree with OPTIMIZED_KERNEL_DIR=cmsis_nn, or build with --kernels reference")
+        sources = [p for p in sources if not (p.parent == kdir and p.name in optimized)]
+        sources += [*optimized.values(), *(tree / "third_party" / "cmsis_nn" / "Source").rglob("*.c")]
+    return sorted(sources)
 
 
-def library(tree: Path, compiler: str = "g++", jobs: int | None = None, log=lambda *a: None) -> Path:
-    """libtflm.a for this tree and these flags, compiled once (minutes) and cached."""
-    sources = _sources(tree)
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+@dataclass(frozen=True)
+class Toolchain:
+    """The compilers and flags of one target and kernel choice."""
+
+    platform: Platform
+    kernels: str
+    cxx: str
+    cc: str
+
+    @property
+    def defines(self) -> list[str]:
+        return ["-DCMSIS_NN"] if self.kernels == "cmsis-nn" else []
+
+    def cxx_flags(self) -> list[str]:
+        mcu = [*self.platform.cpu_flags, *MCU_FLAGS, *CXX_MCU_FLAGS] if self.platform.is_mcu else []
+        return [*FLAGS, *mcu, *self.defines]
+
+    def c_flags(self) -> list[str]:
+        mcu = [*self.platform.cpu_flags, *MCU_FLAGS] if self.platform.is_mcu else []
+        return [*C_FLAGS, *mcu, *self.defines]
+
+
+def toolchain(target: str, kernels: str | None = None) -> Toolchain:
+    plat = platform(target)
+    kernels = kernels or plat.default_kernels
+    if kernels not in KERNELS:
+        raise ExportError(f"unknown kernels {kernels!r}: choose from {', '.join(KERNELS)}")
+    if kernels == "cmsis-nn" and not plat.is_mcu:
+        raise ExportError("CMSIS-NN kernels are for Arm Cortex-M: build host with --kernels reference")
+    if plat.is_mcu:
+        return Toolchain(plat, kernels, _tool("arm-none-eabi-g++", "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
+                         _tool("arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi"))
+    return Toolchain(plat, kernels, _tool("g++", "g++"), _tool("gcc", "gcc"))
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        raise ExportError(f"{name} is not installed: sudo apt-get install {package}")
+    return path
+
+
+def library(tree: Path, tc: Toolchain | None = None, jobs: int | None = None, log=lambda *a: None) -> Path:
+    """libtflm.a for this tree, target, kernels and flags, compiled once (minutes) and cached."""
+    tc = tc or toolchain("host")
+    sources = _sources(tree, tc.kernels)
+    version = subprocess.run([tc.cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     # the tree's own files by relative path and size, not where it sits: CI's copy hits the same cache
-    key = hashlib.sha256("\n".join([*version, *FLAGS, *(f"{p.relative_to(tree)}:{p.stat().st_size}"
-                                                         for p in sources)]).encode()).hexdigest()[:16]
-    out = CACHE / f"host-{key}"
+    key = hashlib.sha256("\n".join([*version, *tc.cxx_flags(), *tc.c_flags(),
+                                    *(f"{p.relative_to(tree)}:{p.stat().st_size}" for p in sources)]).encode())
+    out = CACHE / f"{tc.platform.name}-{tc.kernels}-{key.hexdigest()[:16]}"
     lib = out / "libtflm.a"
     if lib.is_file():
         return lib
-    log(f"compiling TFLM ({len(sources)} sources) into {out}; this takes a few minutes once")
+    log(f"compiling TFLM for {tc.platform.name} with {tc.kernels} kernels ({len(sources)} sources) into {out}; "
+        "this takes a few minutes once")
     objs = out / "obj"
-    cmd = [compiler, *FLAGS, *_includes(tree), "-c"]
+    includes = _includes(tree, tc.kernels)
 
     def one(src: Path) -> Path:
         obj = objs / src.relative_to(tree).with_suffix(".o")
         obj.parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([*cmd, str(src), "-o", str(obj)], capture_output=True, text=True)
+        cmd = [tc.cc, *tc.c_flags()] if src.suffix == ".c" else [tc.cxx, *tc.cxx_flags()]
+        r = subprocess.run([*cmd, *includes, "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
         if r.returncode:
-            raise ExportError(f"compiling TFLM's {src.relative_to(tree)} failed: {_first_error(r.stderr)}")
+            raise ExportError(f"compiling TFLM's {src.relative_to(tree)} for {tc.platform.name} failed: "
+                              f"{_first_error(r.stderr)}")
         return obj
     with ThreadPoolExecutor(jobs or os.cpu_count() or 2) as pool:
         built = list(pool.map(one, sources))
+    ar = tc.cxx.replace("g++", "ar") if tc.platform.is_mcu else "ar"
     tmp = out / "libtflm.a.tmp"
-    subprocess.run(["ar", "rcs", str(tmp), *map(str, built)], check=True)
+    tmp.unlink(missing_ok=True)
+    subprocess.run([ar, "rcs", str(tmp), *map(str, built)], check=True)
     os.replace(tmp, lib)
     return lib
 
@@ -85,24 +218,237 @@ def _first_error(text: str) -> str:
     return lines[0][:200]
 
 
+def _self_test(stdout: str) -> tuple[int, int] | None:
+    found = re.search(r"self-test: (\d+) of (\d+) golden inputs match", stdout)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def build(src_dir: Path, name: str, tree: Path, target: str = "host", kernels: str | None = None,
+          log=lambda *a: None) -> dict:
+    """Build main.cc and the model for a target against TFLM, run it, check its golden self-test.
+
+    On a Cortex-M the result also holds whole-firmware flash and RAM from the link map, and what
+    the probe measured: the smallest arena there, and instructions per inference.
+    """
+    tc = toolchain(target, kernels)
+    lib = library(tree, tc, log=log)
+    if not tc.platform.is_mcu:
+        return _build_host(src_dir, name, tree, tc, lib)
+    return _build_mcu(src_dir, name, tree, tc, lib, log)
+
+
 def build_host(src_dir: Path, name: str, tree: Path, log=lambda *a: None) -> dict:
-    """Compile main.cc and the model array against TFLM with g++, run the program, check its self-test."""
-    gxx = shutil.which("g++")
-    if not gxx:
-        raise ExportError("g++ is not installed: sudo apt-get install g++")
-    lib = library(tree, gxx, log=log)
+    return build(src_dir, name, tree, "host", log=log)
+
+
+def _build_host(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path) -> dict:
     exe = src_dir / f"{name}_host"
     t0 = time.monotonic()
-    r = subprocess.run([gxx, *FLAGS, f"-I{src_dir}", *_includes(tree), str(src_dir / "main.cc"),
-                        str(src_dir / f"{name}_model_data.cc"), str(lib), "-o", str(exe)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        raise ExportError(f"g++ could not build the generated main.cc against TFLM: {_first_error(r.stderr)}")
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
-    found = re.search(r"self-test: (\d+) of (\d+) golden inputs match", run.stdout)
-    if run.returncode != 0 or not found or found.group(1) != found.group(2):
-        shown = (run.stdout + run.stderr).strip().splitlines()[:3]
-        raise ExportError(f"the host program built with TFLM failed its self-test (exit {run.returncode}): "
-                          f"{' / '.join(shown) or 'no output'}")
-    return {"target": "host", "program": exe.name, "self_test": f"{found.group(1)} of {found.group(2)}",
+    _compile_link(tc, [str(src_dir / "main.cc"), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, exe)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    _check_self_test(run.returncode, run.stdout, run.stderr, "the host program")
+    passed = _self_test(run.stdout)
+    return {"target": "host", "kernels": tc.kernels, "program": exe.name, "self_test": f"{passed[0]} of {passed[1]}",
             "link_and_run_seconds": round(time.monotonic() - t0, 2), "output": run.stdout.splitlines()[:12]}
+
+
+def _compile_link(tc: Toolchain, sources: list[str], src_dir: Path, tree: Path, lib: Path, exe: Path,
+                  link: list[str] = ()) -> None:
+    """Each source to its own object in a build folder (so the link map names them), then one link."""
+    work = src_dir / f"build-{tc.platform.name}"
+    work.mkdir(exist_ok=True)
+    objects = []
+    for source in map(Path, sources):
+        obj = work / source.with_suffix(".o").name
+        r = subprocess.run([tc.cxx, *tc.cxx_flags(), f"-I{src_dir}", *_includes(tree, tc.kernels), "-c", str(source),
+                            "-o", str(obj)], capture_output=True, text=True)
+        if r.returncode:
+            raise ExportError(f"{Path(tc.cxx).name} could not compile {source.name} against TFLM for "
+                              f"{tc.platform.name}: {_first_error(r.stderr)}")
+        objects.append(str(obj))
+    r = subprocess.run([tc.cxx, *tc.cxx_flags(), *objects, str(lib), *link, "-o", str(exe)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise ExportError(f"{Path(tc.cxx).name} could not link {exe.name} against TFLM for {tc.platform.name}: "
+                          f"{_first_error(r.stderr)}")
+
+
+def _check_self_test(rc: int, stdout: str, stderr: str, what: str) -> None:
+    passed = _self_test(stdout)
+    if rc != 0 or not passed or passed[0] != passed[1]:
+        shown = [ln for ln in (stdout + stderr).strip().splitlines() if ln.strip()][:3]
+        raise ExportError(f"{what} built with TFLM failed its self-test (exit {rc}): "
+                          f"{' / '.join(shown) or 'no output'}")
+
+
+# --- Cortex-M under QEMU ---------------------------------------------------------------------------------
+
+def _support(name: str) -> str:
+    return resources.files("firmware_export").joinpath("baremetal", name).read_text()
+
+
+def _mcu_link_flags(tc: Toolchain, work: Path, map_file: Path) -> list[str]:
+    plat = tc.platform
+    script = work / f"{plat.name}.ld"
+    script.write_text(Template(_support("link.ld.tmpl")).substitute(
+        board=plat.note, flash_origin=hex(plat.flash[0]), flash_length=hex(plat.flash[1]),
+        ram_origin=hex(plat.ram[0]), ram_length=hex(plat.ram[1]), stack_bytes=STACK_BYTES))
+    startup = work / "startup.o"
+    if not startup.is_file():
+        (work / "startup.c").write_text(_support("startup.c"))
+        r = subprocess.run([tc.cc, *tc.c_flags(), "-c", str(work / "startup.c"), "-o", str(startup)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise ExportError(f"the start-up code did not compile for {plat.name}: {_first_error(r.stderr)}")
+    return [str(startup), f"-T{script}", "-nostartfiles", "--specs=nano.specs", "--specs=rdimon.specs",
+            "-Wl,--gc-sections", f"-Wl,-Map={map_file}"]
+
+
+def qemu_command(plat: Platform, elf: Path, plugin: list[str] = ()) -> list[str]:
+    qemu = _tool("qemu-system-arm", "qemu-system-arm")
+    return [qemu, "-M", plat.machine, "-display", "none", "-monitor", "none", "-serial", "null",
+            "-semihosting-config", "enable=on,target=native", *plugin, "-kernel", str(elf)]
+
+
+def run_qemu(plat: Platform, elf: Path, plugin: list[str] = ()) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(qemu_command(plat, elf, plugin), capture_output=True, text=True,
+                              timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"{elf.name} did not finish within {RUN_TIMEOUT_S} s under qemu-system-arm "
+                          f"-M {plat.machine}: it hangs or faults in a loop") from None
+
+
+def _build_mcu(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path, log) -> dict:
+    plat = tc.platform
+    t0 = time.monotonic()
+    work = src_dir / f"build-{plat.name}"
+    work.mkdir(exist_ok=True)
+    elf = src_dir / f"{name}_{plat.name}.elf"
+    map_file = work / f"{name}.map"
+    _compile_link(tc, [str(src_dir / "main.cc"), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, elf,
+                  _mcu_link_flags(tc, work, map_file))
+    binary = elf.with_suffix(".bin")
+    subprocess.run([tc.cxx.replace("g++", "objcopy"), "-O", "binary", str(elf), str(binary)], check=True)
+    log(f"running {elf.name} under qemu-system-arm -M {plat.machine}")
+    run = run_qemu(plat, elf)
+    _check_self_test(run.returncode, run.stdout, run.stderr, f"the {plat.name} firmware")
+    passed = _self_test(run.stdout)
+    memory = firmware_memory(map_file.read_text(), _symbol_sizes(tc, elf), name)
+    used = re.search(r"tinysense-startup: stack (\d+) B, heap (\d+) B", run.stdout)
+    if used:
+        memory["stack_used_bytes"], memory["heap_used_bytes"] = int(used.group(1)), int(used.group(2))
+    lines = [ln for ln in run.stdout.splitlines() if not ln.startswith("tinysense-startup:")]
+    result = {"target": plat.name, "board": plat.note, "kernels": tc.kernels, "program": elf.name,
+              "binary": binary.name, "self_test": f"{passed[0]} of {passed[1]}", "memory": memory,
+              "output": lines[:12]}
+    result["link_and_run_seconds"] = round(time.monotonic() - t0, 2)
+    return result
+
+
+def _symbol_sizes(tc: Toolchain, elf: Path) -> dict[str, int]:
+    nm = tc.cxx.replace("g++", "nm")
+    out = subprocess.run([nm, "-S", "-C", str(elf)], capture_output=True, text=True, check=True).stdout
+    sizes = {}
+    for line in out.splitlines():
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4:
+            sizes[parts[3]] = int(parts[1], 16)
+    return sizes
+
+
+MAP_LINE = re.compile(r"^ (\.\S+)?\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S.*)$")
+FLASH_ONLY = (".text", ".ARM.extab", ".ARM.exidx", ".preinit_array", ".init_array", ".fini_array")
+
+
+def firmware_memory(map_text: str, symbols: dict[str, int], name: str) -> dict:
+    """Whole-firmware flash and RAM from a GNU ld map, split into the TFLM runtime, the model array,
+    the tensor arena, the C library and the rest (main.cc, start-up)."""
+    body = map_text.split("Linker script and memory map", 1)[-1]
+    parts = {"tflm": [0, 0], "model": [0, 0], "arena": [0, 0], "libc": [0, 0], "rest": [0, 0]}  # flash, ram
+    output, pending = None, None
+    for line in body.splitlines():
+        head = re.match(r"^(\.[\w.]+)", line)
+        if head:
+            output = head.group(1)
+            continue
+        m = MAP_LINE.match(line)
+        if not m:
+            only_name = re.match(r"^ (\.\S+)$", line)
+            pending = only_name.group(1) if only_name else None
+            continue
+        section, size, origin = m.group(1) or pending, int(m.group(3), 16), m.group(4)
+        pending = None
+        if not size or not section or origin.startswith(("*fill*", "LOAD ")) or output is None:
+            continue
+        where = (1, 0) if output in FLASH_ONLY else (1, 1) if output == ".data" else (0, 1) if output == ".bss" \
+            else (0, 0)
+        if where == (0, 0):
+            continue
+        kind = ("tflm" if "libtflm.a(" in origin else "model" if origin.endswith(f"/{name}_model_data.o")
+                else "libc" if re.search(r"lib(c|c_nano|g|g_nano|gcc|rdimon|m|nosys|stdc\+\+|supc\+\+)[_\w]*\.a",
+                                         origin) else "rest")
+        parts[kind][0] += size * where[0]
+        parts[kind][1] += size * where[1]
+    arena = next((v for k, v in symbols.items() if k.endswith("g_arena")), 0)
+    parts["rest"][1] -= arena
+    parts["arena"][1] = arena
+    flash = {k: v[0] for k, v in parts.items()}
+    ram = {k: v[1] for k, v in parts.items()}
+    ram["stack_reserved"] = STACK_BYTES
+    return {"flash_bytes": sum(flash.values()), "ram_bytes": sum(ram.values()), "flash": flash, "ram": ram}
+
+
+def _plugin() -> Path:
+    """The instruction-counting QEMU plugin, compiled once with the host's gcc."""
+    text = _support("insn_count.c")
+    out = CACHE / f"insn_count-{hashlib.sha256(text.encode()).hexdigest()[:12]}.so"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        src = out.with_suffix(".c")
+        src.write_text(text)
+        r = subprocess.run([_tool("gcc", "gcc"), "-O2", "-shared", "-fPIC", str(src), "-o", str(out) + ".tmp"],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise ExportError(f"the QEMU instruction-count plugin did not compile: {_first_error(r.stderr)}")
+        os.replace(str(out) + ".tmp", out)
+    return out
+
+
+def probe(src_dir: Path, name: str, tree: Path, target: str, kernels: str | None = None,
+          log=lambda *a: None) -> dict:
+    """The smallest arena that allocates on this Cortex-M target (bisected in one run), the golden
+    inputs at exactly that size, and the instructions of one inference (a QEMU plugin; not cycles)."""
+    tc = toolchain(target, kernels)
+    plat = tc.platform
+    if not plat.is_mcu:
+        raise ExportError(f"the arena probe runs on a Cortex-M target, not {target}")
+    lib = library(tree, tc, log=log)
+    work = src_dir / f"build-{plat.name}"
+    work.mkdir(exist_ok=True)
+    config = (src_dir / f"{name}_model_config.h").read_text()
+    emitted = int(re.search(r"kTensorArenaSize = (\d+);", config).group(1))
+    arena_max = min(max(4 * emitted, emitted + 64 * 1024), plat.ram[1] // 2)
+    source = work / "probe.cc"
+    source.write_text(Template(_support("probe.cc.tmpl")).substitute(
+        name=name, arena_max=arena_max, arena_low=max(1024, emitted // 4)))
+    elf = work / "probe.elf"
+    _compile_link(tc, [str(source), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, elf,
+                  _mcu_link_flags(tc, work, work / "probe.map"))
+    nm = subprocess.run([tc.cxx.replace("g++", "nm"), str(elf)], capture_output=True, text=True, check=True).stdout
+    addr = {m.group(2): int(m.group(1), 16) & ~1 for m in re.finditer(r"^([0-9a-f]+) T (tinysense_insn_\w+)$", nm, re.M)}
+    log_file = work / "probe-plugin.log"
+    plugin = ["-plugin", f"{_plugin()},begin={addr['tinysense_insn_begin']:#x},end={addr['tinysense_insn_end']:#x}",
+              "-d", "plugin", "-D", str(log_file)]
+    log(f"probing the smallest arena and counting instructions on {plat.name}")
+    run = run_qemu(plat, elf, plugin)
+    arena = re.search(r"probe-arena: (\d+)", run.stdout)
+    golden = re.search(r"probe-self-test: (\d+) of (\d+)", run.stdout)
+    if run.returncode != 0 or not arena or not golden:
+        shown = [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("probe")][:2]
+        raise ExportError(f"the arena probe failed on {plat.name} (exit {run.returncode}): "
+                          f"{' / '.join(shown) or 'no output'}")
+    counted = re.search(r"insn-count: (\d+) between (\d+) mark pairs", log_file.read_text()
+                        if log_file.is_file() else "")
+    return {"target": plat.name, "kernels": tc.kernels, "arena_min_bytes": int(arena.group(1)), "self_test_at_min": f"{golden.group(1)} of {golden.group(2)}",
+            "instructions_per_inference": int(counted.group(1)) if counted and counted.group(2) == "1" else None}

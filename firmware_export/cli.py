@@ -10,6 +10,8 @@ from device.runner import run_cli
 
 
 def parser() -> argparse.ArgumentParser:
+    from .boards import BOARDS, LAYOUTS
+    from .build import KERNELS, TARGETS as BUILD_TARGETS
     from .export import ARENA_MARGIN_PERCENT, TARGETS
 
     p = argparse.ArgumentParser(prog="python -m firmware_export",
@@ -26,11 +28,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", type=Path,
                    help="an .npz with x (and y): samples for parity and golden vectors when exporting a bare .tflite")
     p.add_argument("--no-compile", action="store_true", help="skip the g++ and arm-none-eabi-g++ checks")
-    p.add_argument("--build", choices=["host"], action="append", default=[],
-                   help="build main.cc with real TFLM into a program and run its golden self-test "
-                        "(host: this machine's g++; needs --tflm-tree)")
+    p.add_argument("--build", choices=BUILD_TARGETS, action="append", default=[], metavar="TARGET",
+                   help="build main.cc with real TFLM into a program and run its golden self-test; "
+                        "repeatable. host: this machine's g++; cortex-m4: Arm MPS2 AN386 under "
+                        "qemu-system-arm, which also measures the smallest arena there (emitted plus 1%%), "
+                        "whole-firmware flash and RAM and instructions per inference. Needs --tflm-tree")
+    p.add_argument("--kernels", choices=KERNELS,
+                   help="TFLM kernels on a Cortex-M target (default cmsis-nn; the host builds reference)")
     p.add_argument("--tflm-tree", type=Path,
                    help="a standalone TFLM source tree from create_tflm_tree.py (default: $TFLM_TREE)")
+    p.add_argument("--layout", choices=LAYOUTS,
+                   help="write a board project instead of bare sources: an Arduino sketch folder "
+                        "(--out/NAME/NAME.ino) or a PlatformIO project (platformio.ini, src/); needs --board")
+    p.add_argument("--board", help=f"the board of --layout: {', '.join(f'{k} ({v.note})' for k, v in BOARDS.items())}; "
+                                   "sets --target to its preset")
+    p.add_argument("--flash", metavar="PORT",
+                   help="with --layout: build and upload with arduino-cli or pio (an error when neither is here)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     return p
 
@@ -42,24 +55,84 @@ def main(argv: list[str] | None = None) -> int:
 def export_from(args) -> int:
     from .export import export
 
+    if args.layout or args.board or args.flash:
+        return _board_project(args)
     result = export(args.model, args.out, name=args.name, target=args.target, flash_kb=args.flash_kb,
                     ram_kb=args.ram_kb, force=args.force, compile_check=not args.no_compile,
                     margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
-                    tflm_tree=args.tflm_tree, log=lambda *a: print(*a, file=sys.stderr))
+                    tflm_tree=args.tflm_tree, kernels=args.kernels, log=lambda *a: print(*a, file=sys.stderr))
+    _summary(result)
+    return 0
+
+
+def _board_project(args) -> int:
+    """--layout and --board: the export, laid out for the board's tool, built and flashed when it is here."""
+    import tempfile
+
+    from device import atomic
+
+    from . import ExportError, boards
+    from .export import export
+
+    if not (args.layout and args.board):
+        raise ExportError("--layout, --board and --flash go together: pass --layout arduino|platformio and --board "
+                          f"{'|'.join(boards.BOARDS)}")
+    b = boards.board(args.board)
+    atomic.check_output_dir(args.out, args.force)
+    log = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        result = export(args.model, Path(tmp) / "src", name=args.name, target=args.target or b.target,
+                        flash_kb=args.flash_kb, ram_kb=args.ram_kb, compile_check=not args.no_compile,
+                        margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
+                        tflm_tree=args.tflm_tree, kernels=args.kernels, log=log)
+        with atomic.staged_dir(args.out, args.force) as stage:
+            project = boards.write_project(result.out, stage, result.report["name"], args.layout, b)
+            relative = project.relative_to(stage)
+    project = Path(args.out) / relative
+    result.out = project
+    _summary(result)
+    print(f"  {args.layout} project for {b.note} in {project}")
+    boards.build_and_flash(args.layout, b, project, args.flash, log=log)
+    return 0
+
+
+def _summary(result) -> None:
     r = result.report
     par = r["parity"]
     print(f"exported {r['name']} to {result.out}: ops {', '.join(r['ops'])}")
     flash = f"flash {r['flash_bytes']} B (.rodata, not RAM)" if r["flash_bytes"] is not None else \
         "flash not measured (--no-compile)"
-    print(f"  model {r['model_bytes']} B, {flash}, "
-          f"arena {r['arena_bytes']} B (smallest that runs in TFLM here {r['arena_smallest_host_bytes']} B "
-          f"+ {r['arena_margin_percent']:g}%; the recording allocator reported {r['arena_recorded_bytes']} B)")
+    if "arena_measured" in r:
+        where = ", ".join(f"{t} {m['min_bytes']} B" for t, m in r["arena_measured"].items())
+        arena = (f"arena {r['arena_bytes']} B on 32-bit targets (smallest measured there: {where}; + 1%), "
+                 f"{r['arena_bytes_64bit']} B on a 64-bit host")
+    else:
+        arena = (f"arena {r['arena_bytes']} B (smallest that runs in TFLM here {r['arena_smallest_host_bytes']} B "
+                 f"+ {r['arena_margin_percent']:g}%; the recording allocator reported {r['arena_recorded_bytes']} B)")
+    print(f"  model {r['model_bytes']} B, {flash}, {arena}")
     for key, label in (("tflm_vs_litert_reference", "LiteRT reference"), ("tflm_vs_litert_default", "LiteRT default")):
         c = par[key]
         print(f"  parity TFLM vs {label} on {par['samples']} inputs: top-1 agreement "
               f"{c['top1_agreement'] * 100:.1f}%, max difference {c['max_step_diff']} step(s)")
     for target, b in r.get("build", {}).items():
-        print(f"  built {b['program']} with TFLM for {target}: self-test {b['self_test']} golden inputs match")
+        print(f"  built {b['program']} with TFLM ({b['kernels']} kernels) for {target}: self-test {b['self_test']} "
+              "golden inputs match")
+        if "memory" in b:
+            m = b["memory"]
+            print(f"    whole firmware: flash {m['flash_bytes']} B (TFLM {m['flash']['tflm']}, model "
+                  f"{m['flash']['model']}, C library {m['flash']['libc']}, rest {m['flash']['rest']}), RAM "
+                  f"{m['ram_bytes']} B (arena {m['ram']['arena']}, stack reserve {m['ram']['stack_reserved']}, "
+                  f"TFLM {m['ram']['tflm']}, rest {m['ram']['libc'] + m['ram']['rest']})")
+        if "probe" in b:
+            p = b["probe"]
+            insns = p["instructions_per_inference"]
+            print(f"    smallest arena there {p['arena_min_bytes']} B (emitted {r['arena_bytes']} B); "
+                  f"{insns if insns is not None else 'unknown'} instructions per inference (counted by a QEMU "
+                  "plugin: instructions, not cycles)")
+        if "latency_estimate" in b:
+            e = b["latency_estimate"]
+            print(f"    estimated latency on {e['board']} at {e['clock_mhz']:g} MHz: {e['ms_low']:.2f} to "
+                  f"{e['ms_high']:.2f} ms per inference (1 to 2 cycles per instruction assumed)")
     for d in par["diverging_ops"]:
         print(f"  TFLM and LiteRT reference kernels differ at op {d['index']} {d['op']} by up to "
               f"{d['max_step_diff']} step(s)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from device.runtime import Model, open_bundle
 from . import ExportError, compile as cc, flatbuffer, generate, tflm
 
 ARENA_MARGIN_PERCENT = 5.0
+MEASURED_MARGIN_PERCENT = 1.0  # over the smallest arena measured on the target itself
 GOLDEN_COUNT = 5
 PARITY_MAX = 300
 
@@ -32,13 +34,16 @@ class Target:
     flash_kb: int
     cpu: str
     note: str
+    clock_mhz: int
+    stands_in: bool = False  # the ARM core only stands in for the compile (not this board's instruction set)
 
 
 TARGETS = {t.name: t for t in (
-    Target("nrf52840", 256, 1024, "cortex-m4", "Nordic nRF52840 (Arduino Nano 33 BLE): Cortex-M4F"),
-    Target("esp32s3", 512, 8192, "cortex-m4", "ESP32-S3 with 8 MB flash: Xtensa LX7 (ARM compile stands in)"),
-    Target("rp2040", 264, 2048, "cortex-m0plus", "Raspberry Pi Pico (RP2040): Cortex-M0+"),
-    Target("stm32f746", 320, 1024, "cortex-m7", "STM32F746 Discovery: Cortex-M7"),
+    Target("nrf52840", 256, 1024, "cortex-m4", "Nordic nRF52840 (Arduino Nano 33 BLE): Cortex-M4F", 64),
+    Target("esp32s3", 512, 8192, "cortex-m4", "ESP32-S3 with 8 MB flash: Xtensa LX7 (ARM compile stands in)",
+           240, stands_in=True),
+    Target("rp2040", 264, 2048, "cortex-m0plus", "Raspberry Pi Pico (RP2040): Cortex-M0+", 133),
+    Target("stm32f746", 320, 1024, "cortex-m7", "STM32F746 Discovery: Cortex-M7", 216),
 )}
 
 
@@ -182,7 +187,7 @@ class ExportResult:
 
 def export(path: Path, out: Path, name: str | None = None, target: str | None = None, flash_kb: int | None = None,
            ram_kb: int | None = None, force: bool = False, compile_check: bool = True, build: tuple = (),
-           tflm_tree=None, log=lambda *a: None,
+           tflm_tree=None, kernels: str | None = None, log=lambda *a: None,
            margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None) -> ExportResult:
     if target is not None and target not in TARGETS:
         raise ExportError(f"unknown target {target!r}: choose from {', '.join(TARGETS)}")
@@ -244,25 +249,91 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
         else:
             report["flash_bytes"] = None
         if build:
-            from . import build as builder
-
-            tree = builder.find_tree(tflm_tree)
-            report["build"] = {t: builder.build_host(stage, ident, tree, log=log) for t in build}
+            _build(stage, ident, cfg, source_name, report, build, kernels, tflm_tree, log,
+                   TARGETS[target] if target else None)
         _check_budget(report, target, flash_kb, ram_kb)
         (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(Path(out), report)
 
 
+def measured_arena(min_bytes: int) -> int:
+    """The arena emitted from a measured minimum: plus 1 %, rounded up to 16 (at most 2 % + 16 B above)."""
+    return int(math.ceil(min_bytes * (1 + MEASURED_MARGIN_PERCENT / 100) / 16) * 16)
+
+
+def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, report: dict, targets: tuple,
+           kernels: str | None, tflm_tree, log, target_board: Target | None = None) -> None:
+    """Probe every Cortex-M target for its smallest arena, emit the 32-bit figure from that, then build
+    and run the firmware on each target with the emitted figure."""
+    from . import build as builder
+
+    tree = builder.find_tree(tflm_tree)
+    targets = tuple(dict.fromkeys(targets))
+    mcu = {t: builder.platform(t).is_mcu for t in targets}
+    for t in targets:  # every tool present before minutes of compiling
+        builder.toolchain(t, kernels if mcu[t] else None)
+    probes = {t: builder.probe(stage, ident, tree, t, kernels, log=log)
+              for t in targets if mcu[t]}
+    if probes:
+        worst = max(probes.values(), key=lambda p: p["arena_min_bytes"])
+        arena = measured_arena(worst["arena_min_bytes"])
+        how = (f"Measured on {worst['target']} ({worst['kernels']} kernels) under QEMU: "
+               f"{worst['arena_min_bytes']} bytes is the smallest arena that allocates and passes the golden "
+               f"self-test there; this is that plus {MEASURED_MARGIN_PERCENT:g}%, rounded up to 16. "
+               f"The 64-bit figure: {cfg.arena_recorded} bytes recorded on the host plus "
+               f"{cfg.margin_percent:g}%.")
+        cfg = dataclasses.replace(cfg, arena_bytes=arena, arena_bytes_64=cfg.arena_bytes, arena_how=how)
+        (stage / f"{ident}_model_config.h").write_text(generate.model_config(ident, cfg, source_name)[
+            f"{ident}_model_config.h"])
+        report["arena_bytes_64bit"] = cfg.arena_bytes_64
+        report["arena_bytes"] = arena
+        report["arena_measured"] = {t: {"kernels": p["kernels"], "min_bytes": p["arena_min_bytes"]}
+                                    for t, p in probes.items()}
+    report["build"] = {}
+    for t in targets:
+        result = builder.build(stage, ident, tree, t, kernels if mcu[t] else None, log=log)
+        if t in probes:
+            result["probe"] = probes[t]
+            insns = probes[t]["instructions_per_inference"]
+            plat = builder.platform(t)
+            board, clock = plat.board
+            if target_board is not None and target_board.cpu == t and not target_board.stands_in:  # the --target board's own clock
+                board, clock = target_board.note, target_board.clock_mhz * 1_000_000
+            if insns:
+                result["latency_estimate"] = builder.latency_estimate(insns, board, clock)
+        report["build"][t] = result
+
+
+def _whole_firmware(report: dict, target: str | None) -> tuple[str, dict] | None:
+    """The Cortex-M build whose link map the budget uses: the board's own core when it was built."""
+    built = {t: b for t, b in report.get("build", {}).items() if "memory" in b}
+    if not built:
+        return None
+    cpu = TARGETS[target].cpu if target else None
+    name = cpu if cpu in built else next(iter(built))
+    return name, built[name]["memory"]
+
+
 def _check_budget(report: dict, target: str | None, flash_kb: int | None, ram_kb: int | None) -> None:
+    """Flash and RAM against the board: the whole firmware when it was built (TFLM, model, arena, C
+    library, stack), else the model array and the arena alone."""
     t = TARGETS.get(target) if target else None
     flash_kb = flash_kb or (t.flash_kb if t else None)
     ram_kb = ram_kb or (t.ram_kb if t else None)
-    report["budget"] = {"flash_kb": flash_kb, "ram_kb": ram_kb}
-    flash = report["flash_bytes"] or report["model_bytes"]
+    whole = _whole_firmware(report, target)
+    if whole:
+        core, mem = whole
+        flash, ram = mem["flash_bytes"], mem["ram_bytes"]
+        what_flash = what_ram = f"the whole firmware (as built for {core})"
+    else:
+        flash, ram = report["flash_bytes"] or report["model_bytes"], report["arena_bytes"]
+        what_flash, what_ram = "the model", "the tensor arena"
+    report["budget"] = {"flash_kb": flash_kb, "ram_kb": ram_kb, "flash_bytes": flash, "ram_bytes": ram,
+                        "counts": "whole firmware" if whole else "model array and arena only"}
     where = f" on {target}" if target else ""
     if flash_kb is not None and flash > flash_kb * 1024:
-        raise ExportError(f"the model needs {flash} bytes of flash{where}, the budget is {flash_kb * 1024} "
+        raise ExportError(f"{what_flash} needs {flash} bytes of flash{where}, the budget is {flash_kb * 1024} "
                           f"({flash_kb} KiB): use a smaller model or a bigger board")
-    if ram_kb is not None and report["arena_bytes"] > ram_kb * 1024:
-        raise ExportError(f"the tensor arena needs {report['arena_bytes']} bytes of RAM{where}, the budget is "
+    if ram_kb is not None and ram > ram_kb * 1024:
+        raise ExportError(f"{what_ram} needs {ram} bytes of RAM{where}, the budget is "
                           f"{ram_kb * 1024} ({ram_kb} KiB): use a smaller model or a bigger board")

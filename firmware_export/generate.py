@@ -87,6 +87,8 @@ class Config:
     output_zero_point: int
     labels: tuple[str, ...]
     is_classifier: bool = True  # outputs are class scores; otherwise values
+    arena_bytes_64: int | None = None  # a 64-bit host's figure, when it differs from the 32-bit one
+    arena_how: str = ""  # how the arena was measured, for the header's comment
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
 
@@ -110,13 +112,26 @@ def _size(shape) -> int:
     return int(np.prod(shape))
 
 
+def _arena_comment(cfg: Config) -> str:
+    how = cfg.arena_how or (f"Measured in the TFLM interpreter on a 64-bit host: {cfg.arena_recorded} bytes recorded, "
+                            f"plus {cfg.margin_percent:g}% margin, rounded up to 16. Not measured on a 32-bit MCU, which "
+                            "usually needs less but not always: export with --tflm-tree and --build "
+                            "cortex-m4 to measure it there.")
+    words, lines = how.split(), [""]
+    for w in words:  # wrapped to 100 columns, each line a comment of printable ASCII
+        if len(lines[-1]) + len(w) + 1 > 96:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {w}".strip()
+    return "\n".join(f"// {_comment(ln)}" for ln in lines)
+
+
 def model_config(name: str, cfg: Config, source: str) -> dict[str, str]:
     for dtype in (cfg.input_dtype, cfg.output_dtype):
         if dtype not in CTYPES:
             raise ExportError(f"tensor type {dtype} has no C type here")
     text = _template("model_config.h.tmpl").substitute(
-        name=name, guard=name.upper(), source=_comment(source), arena_bytes=cfg.arena_bytes, arena_recorded=cfg.arena_recorded,
-        margin_percent=f"{cfg.margin_percent:g}", input_ctype=CTYPES[cfg.input_dtype],
+        name=name, guard=name.upper(), source=_comment(source), arena_bytes=cfg.arena_bytes,
+        arena_bytes_64=cfg.arena_bytes_64 or cfg.arena_bytes, arena_how=_arena_comment(cfg), input_ctype=CTYPES[cfg.input_dtype],
         input_dims=len(cfg.input_shape), input_shape=", ".join(map(str, cfg.input_shape)),
         input_size=_size(cfg.input_shape), input_scale=_c_float(cfg.input_scale),
         input_zero_point=cfg.input_zero_point, output_ctype=CTYPES[cfg.output_dtype],

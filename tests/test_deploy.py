@@ -102,7 +102,7 @@ def test_firmware_lays_out_an_arduino_sketch(digits_bundle, tmp_path):
     r = sh("firmware", bundle, "--board", "nano33ble", "--out", tmp_path / "fw")
     assert r.returncode == 0, r.stderr
     sketch = tmp_path / "fw" / "digits"
-    assert (sketch / "digits.ino").is_file() and (sketch / "digits_model_data.cc").is_file()
+    assert (sketch / "digits.ino").is_file() and (sketch / "digits_model_data.cpp").is_file()
     assert json.loads((sketch / "export.json").read_text())["target"] == "nrf52840"
     if not shutil.which("arduino-cli"):
         assert "arduino-cli compile --fqbn arduino:mbed_nano:nano33ble" in r.stderr
@@ -110,6 +110,18 @@ def test_firmware_lays_out_an_arduino_sketch(digits_bundle, tmp_path):
     assert r.returncode == 0 and (tmp_path / "pio" / "platformio.ini").is_file()
     assert (tmp_path / "pio" / "src" / "digits_model_ops.h").is_file()
     assert not (tmp_path / "pio" / "src" / "digits.ino").exists()
+    # PlatformIO builds C++ files: setup() and loop() come in a .cpp, defined exactly once
+    src = "".join(p.read_text() for p in (tmp_path / "pio" / "src").glob("*.cpp"))
+    assert src.count("\nvoid setup() {") == 1 and src.count("\nvoid loop() {") == 1
+    # a folder named unlike a C identifier: one name everywhere (arduino-cli wants folder == sketch)
+    odd = tmp_path / "My Digits"
+    shutil.copytree(digits_bundle, odd)
+    r = sh("firmware", odd, "--board", "nano33ble", "--out", tmp_path / "odd")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "odd" / "my_digits" / "my_digits.ino").is_file()
+    r = sh("firmware", bundle, "--board", "nano33ble", "--out", tmp_path / "fl", "--flash", "/dev/ttyACM9")
+    if not shutil.which("arduino-cli"):
+        assert r.returncode == 1 and "nothing was flashed" in r.stderr
     r = sh("firmware", bundle, "--board", "uno", "--out", tmp_path / "x")
     assert r.returncode == 1 and "unknown board" in r.stderr
     r = sh("firmware", bundle, "--board", "esp32s3", "--out", tmp_path / "dry", "--dry-run")

@@ -1,7 +1,8 @@
 """The generated firmware built by real TFLM (the standalone tree in ../shared) and run: 'make firmware-test'.
 
-The first run compiles TFLM's reference kernels (about 4 minutes on 2 cores); later runs reuse
-the cached library in ~/.cache/tinysense-tflm.
+Each model is built for the host and for a Cortex-M4 (CMSIS-NN kernels) under qemu-system-arm.
+The first run compiles TFLM per target (about 4 minutes each on 2 cores); later runs reuse the
+cached libraries in ~/.cache/tinysense-tflm.
 """
 
 from __future__ import annotations
@@ -26,34 +27,63 @@ pytestmark = [
 ]
 
 
-def _built(model, tmp_path, name):
+def _built(model, tmp_path, name, targets=("host",)):
     out = tmp_path / name
-    export(model, out, build=("host",), tflm_tree=TREE)
+    export(model, out, build=targets, tflm_tree=TREE)
     report = json.loads((out / "export.json").read_text())
-    b = report["build"]["host"]
-    assert re.fullmatch(r"(\d+) of \1", b["self_test"]), b  # every golden input matched
-    assert (out / b["program"]).is_file()
+    for t in targets:
+        b = report["build"][t]
+        assert re.fullmatch(r"(\d+) of \1", b["self_test"]), b  # every golden input matched
+        assert (out / b["program"]).is_file()
     return report, out
 
 
+def _check_cortex_m4(report, out, model_bytes):
+    b = report["build"]["cortex-m4"]
+    assert b["kernels"] == "cmsis-nn"
+    assert (out / b["binary"]).stat().st_size > model_bytes  # the model is in the flash image
+    mem = b["memory"]
+    assert mem["flash"]["model"] >= model_bytes and mem["flash"]["tflm"] > 20_000
+    assert mem["ram"]["arena"] == report["arena_bytes"]
+    assert mem["flash_bytes"] == sum(mem["flash"].values()) and mem["ram_bytes"] == sum(mem["ram"].values())
+    assert 0 < mem["stack_used_bytes"] < mem["ram"]["stack_reserved"]
+    probe = b["probe"]
+    assert probe["self_test_at_min"] == f"{report['golden']['count']} of {report['golden']['count']}"
+    smallest = probe["arena_min_bytes"]
+    # emitted from the 32-bit measurement: at most 2 % + 16 B above the smallest that works there
+    assert smallest <= report["arena_bytes"] <= smallest * 1.02 + 16
+    assert probe["instructions_per_inference"] > 1000
+    config = (out / f"{report['name']}_model_config.h").read_text()
+    assert f"kTensorArenaSize = {report['arena_bytes']};" in config
+    assert f"kTensorArenaSize = {report['arena_bytes_64bit']};" in config
+
+
 def test_digits_builds_with_tflm_and_passes_its_self_test(digits_bundle, tmp_path):
-    report, out = _built(digits_bundle, tmp_path, "digits")
-    lines = report["build"]["host"]["output"]
-    assert lines[0] == "self-test: 5 of 5 golden inputs match"
-    assert all(re.fullmatch(r"\d \d\.\d{3}", ln) for ln in lines[1:])  # "label score" lines from main.cc
+    report, out = _built(digits_bundle, tmp_path, "digits", ("host", "cortex-m4"))
+    for target in ("host", "cortex-m4"):
+        lines = report["build"][target]["output"]
+        assert lines[0] == "self-test: 5 of 5 golden inputs match"
+        assert all(re.fullmatch(r"\d \d\.\d{3}", ln) for ln in lines[1:])  # "label score" lines from main.cc
+    # the same predictions on both
+    assert report["build"]["host"]["output"] == report["build"]["cortex-m4"]["output"]
+    _check_cortex_m4(report, out, report["model_bytes"])
 
 
 def test_mlperf_resnet8_builds_with_tflm(tmp_path):
     model = SHARED_MODELS / "pretrainedResnet_quant.tflite"
     if not model.is_file():
         pytest.skip("../shared/models/mlperf-tiny-ic is absent")
-    report, _ = _built(model, tmp_path, "resnet")
+    report, out = _built(model, tmp_path, "resnet", ("host", "cortex-m4"))
     assert report["build"]["host"]["self_test"] == "5 of 5"
+    _check_cortex_m4(report, out, report["model_bytes"])
 
 
 def test_a_tiny_activation_autoencoder_builds_and_prints_values(tmp_path):
-    report, _ = _built(int8_autoencoder(tmp_path / "ae.tflite"), tmp_path, "ae")
-    assert any(ln.startswith("output[0] ") for ln in report["build"]["host"]["output"])
+    model = int8_autoencoder(tmp_path / "ae.tflite")
+    report, out = _built(model, tmp_path, "ae", ("host", "cortex-m4"))
+    for target in ("host", "cortex-m4"):
+        assert any(ln.startswith("output[0] ") for ln in report["build"][target]["output"])
+    _check_cortex_m4(report, out, model.stat().st_size)
 
 
 def test_a_resolver_of_every_builtin_tflm_offers_compiles(tmp_path):
