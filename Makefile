@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-no
                    openssh-server openssh-client xxd
 SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd
 
-.PHONY: all venv system-deps firmware-deps pi-deps demo test pi-test firmware-test bench bench-ucr clean
+.PHONY: all venv system-deps firmware-deps tflm-tree pi-deps demo test pi-test firmware-test bench bench-ucr clean
 
 all: test
 
@@ -45,6 +45,28 @@ firmware-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $(FIRMWARE_PACKAGES) \
 	  || { echo "could not install them: run 'sudo apt-get install $(FIRMWARE_PACKAGES)'"; exit 1; }; \
 	fi
+
+# A standalone TFLM tree for --tflm-tree, made by TFLM's own create_tflm_tree.py from a tflite-micro
+# checkout (it downloads flatbuffers, gemmlowp, ruy, kissfft, CMSIS and CMSIS-NN: needs internet):
+#   make tflm-tree TFLM_SRC=~/src/tflite-micro TFLM_TREE_OUT=~/tflm-tree
+# The reference tree, then the CMSIS-NN kernels and CMSIS headers merged in from a Cortex-M run.
+TFLM_TREE_OUT ?= tflm-tree
+tflm-tree: venv
+	@[ -n "$(TFLM_SRC)" ] && [ -f "$(TFLM_SRC)/tensorflow/lite/micro/tools/project_generation/create_tflm_tree.py" ] \
+	  || { echo "give TFLM_SRC=a tflite-micro checkout (git clone https://github.com/tensorflow/tflite-micro)"; exit 1; }
+	$(BIN)/python -m pip install -q Pillow numpy
+	rm -rf "$(TFLM_TREE_OUT)" "$(TFLM_TREE_OUT).cmsis"
+	cd "$(TFLM_SRC)" && $(abspath $(BIN))/python tensorflow/lite/micro/tools/project_generation/create_tflm_tree.py \
+	  "$(abspath $(TFLM_TREE_OUT))"
+	cd "$(TFLM_SRC)" && $(abspath $(BIN))/python tensorflow/lite/micro/tools/project_generation/create_tflm_tree.py \
+	  --makefile_options="TARGET=cortex_m_generic TARGET_ARCH=cortex-m4+fp OPTIMIZED_KERNEL_DIR=cmsis_nn" \
+	  "$(abspath $(TFLM_TREE_OUT)).cmsis"
+	cp -r "$(TFLM_TREE_OUT).cmsis/tensorflow/lite/micro/kernels/cmsis_nn" "$(TFLM_TREE_OUT)/tensorflow/lite/micro/kernels/"
+	cp -r "$(TFLM_TREE_OUT).cmsis/third_party/cmsis_nn" "$(TFLM_TREE_OUT)/third_party/"
+	mkdir -p "$(TFLM_TREE_OUT)/third_party/cmsis/CMSIS/Core"
+	cp -r "$(TFLM_TREE_OUT).cmsis/third_party/cmsis/CMSIS/Core/Include" "$(TFLM_TREE_OUT)/third_party/cmsis/CMSIS/Core/"
+	rm -rf "$(TFLM_TREE_OUT).cmsis"
+	@echo "TFLM tree in $(TFLM_TREE_OUT): pass --tflm-tree $(TFLM_TREE_OUT) or set TFLM_TREE"
 
 # The emulated Raspberry Pi's host side: debootstrap, qemu-user-static with binfmt_misc.
 PI_PACKAGES := debootstrap qemu-user-static binfmt-support

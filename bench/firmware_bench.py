@@ -5,10 +5,16 @@ Rerun: .venv/bin/python bench/firmware_bench.py [BUNDLE]   (default out/digits)
    flash (vs model size) for the digits bundle and the shared MLPerf ResNet-8 int8 model.
 2. Our C array against ``xxd -i`` on the same model, both cross-compiled for a Cortex-M4:
    which section the model lands in (flash or RAM) and its alignment.
+3. With a TFLM tree (../shared/third_party/tflm or TFLM_TREE): each model built with real TFLM
+   for every Cortex-M target under QEMU, CMSIS-NN and reference kernels: whole-firmware flash and
+   RAM from the link map, the emitted arena against the smallest measured there, instructions per
+   inference (a QEMU plugin: instructions, not cycles) and per multiply-accumulate.
+   ``--quick`` builds cortex-m4 only.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,9 +26,56 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from firmware_export import build as builder  # noqa: E402
 from firmware_export.export import export  # noqa: E402
 
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
+TREE = ROOT.parent / "shared" / "third_party" / "tflm"
+
+
+def macs(model: Path) -> int:
+    """Multiply-accumulates of one inference: convolutions, depthwise convolutions, dense layers."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(model))
+    it.allocate_tensors()
+    shape = {t["index"]: t["shape"] for t in it.get_tensor_details()}
+    total = 0
+    for op in it._get_ops_details():
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        out, weights = np.prod(shape[op["outputs"][0]]), shape[op["inputs"][1]]
+        per_output = {"CONV_2D": np.prod(weights[1:]), "DEPTHWISE_CONV_2D": np.prod(weights[1:3]),
+                      "FULLY_CONNECTED": weights[-1]}[op["op_name"]]
+        total += int(out * per_output)
+    return total
+
+
+def target_figures(label: str, model: Path, tmp: Path, tree: Path, targets: tuple[str, ...],
+                   inputs: Path | None = None) -> None:
+    """Built and run on each Cortex-M target with CMSIS-NN and reference kernels, side by side."""
+    mac = macs(model if model.suffix == ".tflite" else model / "model.tflite")
+    print(f"{label}: {mac:,} MACs per inference")
+    print(f"  {'target':11s} {'kernels':9s} {'flash B':>8s} {'(TFLM':>7s} {'model)':>7s} {'RAM B':>7s} "
+          f"{'arena':>6s} {'min':>6s} {'+%':>5s} {'stack':>6s} {'instructions':>13s} {'per MAC':>8s}")
+    for t in targets:
+        counts = {}
+        for kernels in ("cmsis-nn", "reference"):
+            r = export(model, tmp / f"{label}_{t}_{kernels}", name=label, inputs=inputs, build=(t,),
+                       kernels=kernels, tflm_tree=tree, force=True).report
+            b = r["build"][t]
+            m, p = b["memory"], b["probe"]
+            insns = p["instructions_per_inference"]
+            counts[kernels] = insns
+            print(f"  {t:11s} {kernels:9s} {m['flash_bytes']:8d} {m['flash']['tflm']:7d} {m['flash']['model']:7d} "
+                  f"{m['ram_bytes']:7d} {r['arena_bytes']:6d} {p['arena_min_bytes']:6d} "
+                  f"{(r['arena_bytes'] / p['arena_min_bytes'] - 1) * 100:5.2f} {m.get('stack_used_bytes', 0):6d} "
+                  f"{insns:13,d} {insns / mac:8.2f}")
+        print(f"  {t}: reference kernels run {counts['reference'] / counts['cmsis-nn']:.1f}x the instructions "
+              "of CMSIS-NN")
+        e = builder.latency_estimate(counts["cmsis-nn"], *builder.platform(t).board)
+        print(f"  {t} CMSIS-NN on {e['board']} at {e['clock_mhz']:g} MHz: {e['ms_low']:.2f}-{e['ms_high']:.2f} ms "
+              "estimated (1-2 cycles per instruction assumed)")
 
 
 def placement(obj: Path, symbol: str) -> tuple[str, int, int]:
@@ -77,9 +130,22 @@ def export_figures(name: str, path: Path, tmp: Path, inputs: Path | None = None)
 
 
 def main() -> None:
-    bundle = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "out" / "digits"
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    bundle = Path(args[0]) if args else ROOT / "out" / "digits"
+    targets = ("cortex-m4",) if "--quick" in sys.argv else tuple(n for n, p in builder.PLATFORMS.items() if p.is_mcu)
+    tree = Path(os.environ.get("TFLM_TREE", TREE))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if (tree / "tensorflow").is_dir():
+            sys.path.insert(0, str(ROOT / "tests"))
+            from conftest import int8_autoencoder
+
+            target_figures("digits", bundle, tmp, tree, targets)
+            if MLPERF.is_file():
+                target_figures("resnet8", MLPERF, tmp, tree, targets)
+            target_figures("autoencoder", int8_autoencoder(tmp / "ae.tflite"), tmp, tree, targets)
+        else:
+            print(f"no TFLM tree at {tree}: the Cortex-M figures are left out (set TFLM_TREE)")
         export_figures("digits", bundle, tmp)
         if MLPERF.is_file():
             rng = np.random.default_rng(0)
