@@ -123,7 +123,8 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
         if now >= next_status:  # here, not after a prediction: a device whose sensor is gone still reports
             if hello:
                 sink.send(hello)
-            sink.send(encoder.encode(status()))
+            msg = status()
+            sink.send(encoder.encode(msg), msg)
             next_status = now + cfg.status_every
         if end is not None and now >= end:
             break
@@ -142,7 +143,8 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
         except CaptureError as e:
             stats.frames += 1
             stats.bad_frames += 1
-            sink.send(encoder.encode(Skip(seq, time.time(), str(e))))
+            skip = Skip(seq, time.time(), str(e))
+            sink.send(encoder.encode(skip), skip)
             next_tick = _advance(next_tick, period, clock())
             continue
         stats.frames += 1
@@ -151,7 +153,8 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
             x = pre(frame.data)
         except FrameError as e:
             stats.bad_frames += 1
-            sink.send(encoder.encode(Skip(seq, time.time(), str(e))))
+            skip = Skip(seq, time.time(), str(e))
+            sink.send(encoder.encode(skip), skip)
             next_tick = _advance(next_tick, period, clock())
             continue
         t2 = clock()
@@ -164,8 +167,9 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
         if frame.truth is not None:
             stats.labelled += 1
             stats.correct += int(best == frame.truth and label != UNKNOWN)  # as the monitor counts it
-        sink.send(encoder.encode(Prediction(seq, time.time(), label, round(score, 4), topk,
-                                            {k: round(v, 4) for k, v in ms.items()}, frame.truth)))
+        pred = Prediction(seq, time.time(), label, round(score, 4), topk, {k: round(v, 4) for k, v in ms.items()},
+                          frame.truth)
+        sink.send(encoder.encode(pred), pred)
         t5 = clock()
         stats.predictions += 1
         for stage, value in ms.items():
@@ -175,7 +179,8 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
         if period > 0 and t5 - t0 > period:
             stats.misses += 1
         next_tick = _advance(next_tick, period, clock())
-    sink.send(encoder.encode(status()))
+    msg = status()
+    sink.send(encoder.encode(msg), msg)
     sink.check()
     return stats
 

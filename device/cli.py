@@ -113,8 +113,12 @@ def serve(args) -> int:
         except ValueError as e:
             raise DeviceError(str(e)) from None
         source = open_source(args.source, b.spec)
-        hello = encoder.encode(Hello(b.spec.labels, args.period, args.format, b.spec.tflite_sha256))
-        sink = open_sinks(args.port, baudrate=args.baud, hello=hello)
+        facts = {"shape": list(b.spec.input.shape), "dtype": b.spec.input.dtype,
+                 "layout": b.spec.input.preprocess.layout}
+        hello_record = Hello(b.spec.labels, args.period, args.format, b.spec.tflite_sha256, facts)
+        hello = encoder.encode(hello_record)
+        sink = open_sinks(args.port, baudrate=args.baud, hello=hello, hello_record=hello_record,
+                          log=lambda text: print(text, file=sys.stderr, flush=True))
 
         def on_signal(sig, _frame):
             if sig == signal.SIGINT:

@@ -84,11 +84,15 @@ class Hello:
     period: float = 0.0
     format: str = ""
     model_sha256: str = ""
+    input: dict | None = None  # shape, dtype, layout: what the model takes
     type: ClassVar[str] = "hello"
 
     def to_dict(self) -> dict:
-        return {"type": "hello", "labels": list(self.labels), "period": self.period, "format": self.format,
-                "model_sha256": self.model_sha256}
+        d = {"type": "hello", "labels": list(self.labels), "period": self.period, "format": self.format,
+             "model_sha256": self.model_sha256}
+        if self.input:
+            d["input"] = self.input
+        return d
 
 
 @dataclass(frozen=True)
@@ -296,11 +300,14 @@ _FIELDS = {  # per kind: field -> the JSON types it may have
     "hello": {"labels": list},
     "status": {"frames": int},
 }
+STATES = ("online", "offline")  # a status over MQTT may be availability alone: {"type": "status", "state": ...}
 
 
 def check(msg: dict) -> dict:
     """The message when every field its kind needs is there with the right type; ProtocolError otherwise."""
     kind = msg.get("type")
+    if kind == "status" and "frames" not in msg and msg.get("state") in STATES:
+        return msg
     for key, kinds in _FIELDS.get(kind, {}).items():
         value = msg.get(key)
         if isinstance(value, bool) or not isinstance(value, kinds):

@@ -1,4 +1,4 @@
-"""Where encoded messages go: a serial port (any pyserial URL or path), nowhere, or several at once.
+"""Where encoded messages go: a serial port (any pyserial URL or path), an MQTT broker, nowhere, or several.
 
 Every output is a ``Sink``: ``send`` (never blocks), ``flush``, ``check`` (raise when the
 output has died), ``close``, and ``drops`` / ``reconnects`` counters. ``FanOut`` feeds one
@@ -28,7 +28,7 @@ class Sink(Protocol):
     drops: int  # messages given up on (a full queue, a link too slow)
     reconnects: int
 
-    def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes, record=None) -> None: ...  # the encoded form, and the record it encodes
 
     def flush(self, timeout: float = 2.0) -> bool: ...
 
@@ -45,7 +45,7 @@ class NullSink:
 
     drops = reconnects = 0
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, record=None) -> None:
         pass
 
     def check(self) -> None:
@@ -92,7 +92,7 @@ class SerialSink:
         self._thread = threading.Thread(target=self._run, name="serial-writer", daemon=True)
         self._thread.start()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, record=None) -> None:
         """Queue one message; O(1), never blocks on the link."""
         with self._cond:
             if len(self.queue) >= self.limit:
@@ -228,9 +228,9 @@ class FanOut:
     def reconnects(self) -> int:
         return sum(s.reconnects for s in self.sinks)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, record=None) -> None:
         for s in self.sinks:
-            s.send(data)
+            s.send(data, record)
 
     def flush(self, timeout: float = 2.0) -> bool:
         end = time.monotonic() + timeout
@@ -245,12 +245,16 @@ class FanOut:
             s.close()
 
 
-def open_sink(url: str, **kwargs) -> Sink:
-    """``null`` for no output, anything else is a pyserial URL or device path."""
+def open_sink(url: str, hello_record=None, log=lambda *a: None, **kwargs) -> Sink:
+    """``null`` for no output, ``mqtt://`` or ``mqtts://`` for a broker, anything else a pyserial URL or path."""
     if url == "null":
         return NullSink()
     if url.startswith("null"):
         raise DeviceError(f"port {url!r}: null takes no options")
+    if url.startswith(("mqtt:", "mqtts:")):
+        from .mqtt import MqttSink
+
+        return MqttSink(url, hello=hello_record, log=log)
     return SerialSink(url, **kwargs)
 
 

@@ -1,0 +1,109 @@
+"""A live classification dashboard over HTTP, fed by a monitor's Fleet: no CDN, no internet, stdlib only.
+
+``GET /`` the page (device/web/: HTML, CSS and JavaScript that ship in the package), ``GET /state``
+the fleet as JSON, ``GET /events`` the same as server-sent events, pushed four times a second).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+
+from . import DeviceError
+
+PUSH_S = 0.25  # how often a stream sends the fleet
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/style.css": ("style.css", "text/css; charset=utf-8")}
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise DeviceError(f"--http {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080 (0.0.0.0:8080 for every interface)")
+    return host.strip("[]"), int(port)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("device").joinpath("web", name).read_bytes()
+
+
+def _finite(value):
+    """NaN and infinities (a stranger's payload can carry them) as null: the page's JSON.parse needs that."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class Dashboard:
+    """The HTTP server in a thread of its own; ``close`` ends the streams and the server."""
+
+    def __init__(self, fleet, address: str):
+        host, port = parse_address(address)
+        self.fleet = fleet
+        self.closing = threading.Event()
+        self.pages = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
+        handler = type("Handler", (_Handler,), {"board": self})
+        try:
+            self.server = ThreadingHTTPServer((host, port), handler)
+        except OSError as e:
+            raise DeviceError(f"cannot serve the dashboard on {address} ({e.strerror}): choose another --http "
+                              "address or port") from None
+        self.server.daemon_threads = True
+        self.address = f"{host}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="dashboard", daemon=True)
+        self._thread.start()
+
+    def state_json(self) -> bytes:
+        return json.dumps(_finite(self.fleet.snapshot()), separators=(",", ":"), allow_nan=False).encode()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    board: Dashboard
+    server_version = "tinysense-dashboard"
+
+    def log_message(self, fmt, *args):  # no access log on stderr
+        pass
+
+    def _send(self, body: bytes, kind: str, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        path = self.path.split("?", 1)[0]
+        if path in self.board.pages:
+            self._send(*self.board.pages[path])
+        elif path == "/state":
+            self._send(self.board.state_json(), "application/json")
+        elif path == "/events":
+            self._events()
+        else:
+            self._send(b"not found\n", "text/plain", 404)
+
+    def _events(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        try:
+            while not self.board.closing.is_set():
+                self.wfile.write(b"data: " + self.board.state_json() + b"\n\n")
+                self.wfile.flush()
+                self.board.closing.wait(PUSH_S)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page went away

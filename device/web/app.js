@@ -1,0 +1,101 @@
+// tinysense dashboard: one card per device, redrawn from the server-sent /events stream.
+// Every device-supplied string goes in with textContent, never as HTML.
+"use strict";
+
+const cards = new Map();
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function card(name) {
+  if (cards.has(name)) return cards.get(name);
+  const c = el("section", "card");
+  c.dataset.device = name;
+  const h = el("h2");
+  h.append(el("span", "name", name), el("span", "badge unknown state", "?"));
+  const now = el("div", "now");
+  now.append(el("span", "label", "-"), el("span", "score", ""));
+  c.append(h, now, el("div", "bars"), el("div", "strip"), el("table", "latency"), el("div", "counters"));
+  document.getElementById("devices").append(c);
+  cards.set(name, c);
+  return c;
+}
+
+function fmt(v, digits) {
+  return v === null || v === undefined ? "-" : Number(v).toFixed(digits);
+}
+
+function draw(name, d) {
+  const c = card(name);
+  const state = c.querySelector(".state");
+  const online = d.online;
+  state.textContent = online === undefined ? "no status" : online ? "online" : "offline";
+  state.className = "badge state " + (online === undefined ? "unknown" : online ? "online" : "offline");
+  c.querySelector(".label").textContent = d.label === null ? "-" : d.label;
+  c.querySelector(".score").textContent = d.score === null ? "" : fmt(d.score, 3);
+
+  const bars = c.querySelector(".bars");
+  bars.replaceChildren(...(d.topk || []).map(([label, score]) => {
+    const row = el("div", "bar");
+    const track = el("div", "track"), fill = el("div", "fill");
+    fill.style.width = Math.max(0, Math.min(100, score * 100)) + "%";
+    track.append(fill);
+    row.append(el("span", "", label), track, el("span", "", fmt(score, 2)));
+    return row;
+  }));
+
+  c.querySelector(".strip").replaceChildren(...(d.recent || []).map((p) => {
+    const s = el("span", "", p.label);
+    s.title = "seq " + p.seq + ", score " + fmt(p.score, 3);
+    return s;
+  }));
+
+  const table = c.querySelector(".latency");
+  const head = el("tr");
+  head.append(el("th", "", "stage, ms"), el("th", "", "p50"), el("th", "", "p99"));
+  const rows = Object.entries(d.stages_ms || {}).map(([stage, v]) => {
+    const r = el("tr");
+    r.append(el("td", "", stage), el("td", "", fmt(v.p50, 3)), el("td", "", fmt(v.p99, 3)));
+    return r;
+  });
+  const total = el("tr");
+  total.append(el("td", "", "total"), el("td", "", fmt(d.latency_ms.p50, 3)), el("td", "", fmt(d.latency_ms.p99, 3)));
+  table.replaceChildren(head, ...rows, total);
+
+  const dev = d.device || {};
+  const items = [
+    ["predictions", d.predictions], ["gaps", d.gaps], ["errors", d.errors],
+    ["misses", dev.misses], ["drops", dev.drops], ["reconnects", dev.reconnects],
+    ["skips", d.skips], ["restarts", d.restarts], ["duplicates", d.duplicates],
+  ];
+  if (d.accuracy !== undefined) items.push(["accuracy", fmt(d.accuracy * 100, 2) + "% of " + d.labelled]);
+  if (d.period) items.push(["period", fmt(d.period * 1000, 0) + " ms"]);
+  c.querySelector(".counters").replaceChildren(...items.map(([k, v]) => {
+    const s = el("span", "counter");
+    s.dataset.name = k;
+    s.textContent = k + " " + (v === undefined || v === null ? "-" : v);
+    return s;
+  }));
+}
+
+function render(snapshot) {
+  const names = Object.keys(snapshot.devices);
+  document.getElementById("waiting").hidden = names.length > 0;
+  document.getElementById("fleet-count").textContent = names.length + " device" + (names.length === 1 ? "" : "s");
+  document.getElementById("foreign").textContent = snapshot.foreign ? snapshot.foreign + " messages not ours" : "";
+  for (const name of names) draw(name, snapshot.devices[name]);
+}
+
+function connect() {
+  const badge = document.getElementById("connection");
+  const events = new EventSource("/events");
+  events.onopen = () => { badge.textContent = "live"; badge.className = "badge online"; };
+  events.onmessage = (e) => render(JSON.parse(e.data));
+  events.onerror = () => { badge.textContent = "reconnecting"; badge.className = "badge offline"; };
+}
+
+connect();
