@@ -8,8 +8,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= out
 SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi socat shellcheck \
-                   openssh-server openssh-client xxd
-SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd
+                   openssh-server openssh-client xxd mosquitto openssl chromium chromium-driver
+SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd \
+                   mosquitto mosquitto_passwd openssl chromium chromedriver
 
 .PHONY: all venv system-deps firmware-deps tflm-tree pi-deps demo test pi-test firmware-test bench bench-ucr clean
 

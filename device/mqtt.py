@@ -84,7 +84,7 @@ def parse(url: str, options=None, what: str = "port") -> Broker:
     if not parts.hostname:
         raise DeviceError(f"{what} {url!r} has no broker host: {USAGE}")
     path = parts.path.strip("/")
-    if not path or "#" in path or "//" in path:
+    if not path or "#" in url or "//" in path:
         raise DeviceError(f"{what} {url!r} needs a topic prefix after the host, without '#': {USAGE}")
     found = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):

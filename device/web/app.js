@@ -29,12 +29,14 @@ function fmt(v, digits) {
   return v === null || v === undefined ? "-" : Number(v).toFixed(digits);
 }
 
-function draw(name, d) {
+function draw(name, d, now) {
   const c = card(name);
   const state = c.querySelector(".state");
-  const online = d.online;
-  state.textContent = online === undefined ? "no status" : online ? "online" : "offline";
-  state.className = "badge state " + (online === undefined ? "unknown" : online ? "online" : "offline");
+  // MQTT says online/offline on the status topic; a serial stream is "receiving" while messages arrive
+  const fresh = d.last_seen !== null && now - d.last_seen < Math.max(5, 3 * (d.period || 0));
+  const online = d.online !== undefined ? d.online : fresh;
+  state.textContent = d.online !== undefined ? (online ? "online" : "offline") : (fresh ? "receiving" : "silent");
+  state.className = "badge state " + (online ? "online" : "offline");
   c.querySelector(".label").textContent = d.label === null ? "-" : d.label;
   c.querySelector(".score").textContent = d.score === null ? "" : fmt(d.score, 3);
 
@@ -87,7 +89,7 @@ function render(snapshot) {
   document.getElementById("waiting").hidden = names.length > 0;
   document.getElementById("fleet-count").textContent = names.length + " device" + (names.length === 1 ? "" : "s");
   document.getElementById("foreign").textContent = snapshot.foreign ? snapshot.foreign + " messages not ours" : "";
-  for (const name of names) draw(name, snapshot.devices[name]);
+  for (const name of names) draw(name, snapshot.devices[name], snapshot.t);
 }
 
 function connect() {

@@ -1,0 +1,87 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven by Selenium through chromedriver,
+loads the page that `device.monitor --http` serves while a live device streams over a pty."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from brokers import free_port
+from conftest import ROOT, require_tool, start_socat
+
+webdriver = pytest.importorskip("selenium.webdriver")
+
+
+def chromium(tmp_path):
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = require_tool("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(require_tool("chromedriver")))
+
+
+def test_the_dashboard_updates_live_in_headless_chromium(digits_bundle, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    socat = start_socat(tmp_path)
+    port = free_port()
+    dev = subprocess.Popen([sys.executable, "-m", "device", "--model", str(digits_bundle), "--source",
+                            f"replay:{digits_bundle / 'testset.npz'}?loop=1", "--port", str(tmp_path / "app"),
+                            "--period", "0.05", "--duration", "90", "--quiet-status"], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mon = subprocess.Popen([sys.executable, "-m", "device.monitor", str(tmp_path / "host"), "--http",
+                            f"127.0.0.1:{port}", "-q", "--duration", "90"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    browser = None
+    try:
+        browser = chromium(tmp_path)
+        end = time.monotonic() + 20
+        while True:  # the monitor needs a moment to listen
+            try:
+                browser.get(f"http://127.0.0.1:{port}/")
+                break
+            except Exception:  # noqa: BLE001 - connection refused until it listens
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.3)
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".card .counter[data-name=predictions]"))
+
+        def predictions() -> int:
+            text = browser.find_element(By.CSS_SELECTOR, ".card .counter[data-name=predictions]").text
+            return int(text.split()[-1])
+
+        wait.until(lambda b: predictions() > 0)
+        first, labels_seen = predictions(), set()
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and (predictions() < first + 20 or len(labels_seen) < 2):
+            labels_seen.add(browser.find_element(By.CSS_SELECTOR, ".card .label").text)
+            time.sleep(0.2)
+        assert predictions() >= first + 20  # the page follows the stream without a reload
+        assert len(labels_seen - {"-"}) >= 2 and labels_seen <= {str(i) for i in range(10)} | {"-"}
+        assert browser.find_element(By.ID, "connection").text == "live"
+        bars = browser.find_elements(By.CSS_SELECTOR, ".card .bars .bar")
+        assert 1 <= len(bars) <= 3  # top-k bars (k = 3)
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".card .strip span")) > 5
+        stages = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".card .latency td:first-child")]
+        assert {"capture", "preprocess", "invoke", "postprocess", "total"} <= set(stages)
+        assert "accuracy" in browser.find_element(By.CSS_SELECTOR, ".card .counters").text  # frames carry truth
+        shot = tmp_path / "dashboard.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 5000
+    finally:
+        if browser is not None:
+            browser.quit()
+        for p in (dev, mon):
+            p.terminate()
+            p.wait(10)
+        socat.kill()

@@ -1,0 +1,273 @@
+"""Devices over MQTT to a real Mosquitto broker (Debian's, started here): topics, retained state and the
+last will, store-and-forward across a broker restart, TLS with a password, many devices, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from brokers import Mosquitto
+from conftest import ROOT, start_socat
+from device import DeviceError
+from device.monitor import Fleet
+
+paho = pytest.importorskip("paho.mqtt.client")
+
+
+def device(bundle, *ports, period=0.02, extra=(), **kw):
+    """A device process replaying the bundle's test set in a loop."""
+    cmd = [sys.executable, "-m", "device", "--model", str(bundle), "--source",
+           f"replay:{bundle / 'testset.npz'}?loop=1", "--period", str(period), "--quiet-status", *extra]
+    for p in ports:
+        cmd += ["--port", p]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def summary(proc) -> dict:
+    out, err = proc.communicate(timeout=60)
+    lines = [ln for ln in err.splitlines() if ln.startswith('{"summary"')]
+    assert proc.returncode == 0 and lines, err[-2000:]
+    return json.loads(lines[-1])["summary"]
+
+
+def wait_for(cond, timeout=20.0, what="the condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+class Listener:
+    """A Fleet fed by the monitor's own Subscriber."""
+
+    def __init__(self, url, session=None):
+        from device.mqtt import Subscriber
+
+        self.fleet = Fleet()
+        self.sub = Subscriber(url, self.fleet.message, session=session)
+
+    def device(self, name):
+        return self.fleet.devices.get(name)
+
+    def close(self):
+        self.sub.close()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Mosquitto(tmp_path / "broker")
+    yield b
+    b.stop()
+
+
+def test_broker_urls_are_parsed_strictly():
+    from device.mqtt import parse
+
+    good = parse("mqtt://127.0.0.1:1884/site/a?device=pi-1&qos=0&queue=50")
+    assert (good.host, good.port, good.path, good.options["qos"], good.options["queue"]) == \
+        ("127.0.0.1", 1884, "site/a", 0, 50)
+    assert parse("mqtts://broker.local/x").port == 8883
+    for url, words in [("mqtt://user:secret@host/x", "no user name or password in the URL"),
+                       ("mqtt://host", "needs a topic prefix"), ("mqtt://host/x#", "without '#'"),
+                       ("mqtt://host:99999/x", "port must be a number"), ("mqtt:///x", "no broker host"),
+                       ("mqtt://host/x?qos=3", "qos='3' must be one of 0, 1, 2"),
+                       ("mqtt://host/x?device=a/b", "device='a/b' must be"),
+                       ("mqtt://host/x?colour=red", "has no option 'colour'"),
+                       ("mqtt://host/x?ca=ca.pem", "ca= is for TLS"), ("http://host/x", "use mqtt://")]:
+        with pytest.raises(DeviceError, match=re.escape(words)):
+            parse(url)
+
+
+def test_a_device_publishes_to_its_topics_and_to_serial_at_once(digits_bundle, broker, tmp_path):
+    """Predictions not retained, hello and status retained for a late subscriber; a serial pty fed alongside."""
+    socat = start_socat(tmp_path)
+    try:
+        listen = Listener(f"{broker.url}/plant/+")
+        proc = device(digits_bundle, f"{broker.url}/plant?device=cell-7", str(tmp_path / "app"),
+                      extra=("--max-frames", "120", "--status-every", "0.5"))
+        import serial
+
+        port = serial.serial_for_url(str(tmp_path / "host"), timeout=0.1)
+        got = b""
+        stats = summary(proc)
+        end = time.monotonic() + 5
+        while got.count(b'"type":"prediction"') < 120 and time.monotonic() < end:
+            got += port.read(65536)
+        port.close()
+        assert got.count(b'"type":"prediction"') == 120  # the serial side got every prediction too
+        wait_for(lambda: listen.device("cell-7") and listen.device("cell-7").predictions == 120, what="120 over MQTT")
+        m = listen.device("cell-7")
+        assert m.gaps == 0 and m.errors == 0 and stats["drops"] == 0
+        wait_for(lambda: m.online is False, what="offline after a clean exit")
+        assert listen.fleet.foreign == 0
+        listen.close()
+        # a subscriber that comes later still learns the labels and the last state (retained)
+        retained = {}
+        c = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2)
+        c.on_message = lambda c, u, msg: retained.setdefault(msg.topic, (msg.retain, json.loads(msg.payload)))
+        c.connect("127.0.0.1", broker.port)
+        c.subscribe("plant/#", qos=1)
+        c.loop_start()
+        wait_for(lambda: len(retained) >= 2, what="the retained topics")
+        time.sleep(0.3)
+        c.loop_stop()
+        assert set(retained) == {"plant/cell-7/hello", "plant/cell-7/status"}  # predictions are not retained
+        hello = retained["plant/cell-7/hello"][1]
+        assert hello["labels"] == [str(i) for i in range(10)] and len(hello["model_sha256"]) == 64
+        assert hello["input"]["dtype"] == "int8"
+        assert retained["plant/cell-7/status"][1] == {"type": "status", "state": "offline"}
+    finally:
+        socat.kill()
+
+
+def _restart_run(bundle, tmp_path, queue: int, outage_s: float) -> tuple[dict, object]:
+    b = Mosquitto(tmp_path / f"broker-{queue}", persistence=True)
+    try:
+        listen = Listener(f"{b.url}/site/+", session=f"tinysense-test-{queue}")  # durable: kept across the restart
+        proc = device(bundle, f"{b.url}/site?device=d1&queue={queue}", period=0.02, extra=("--duration", "7"))
+        wait_for(lambda: listen.device("d1") and listen.device("d1").predictions > 30, what="the first predictions")
+        b.stop()
+        time.sleep(outage_s)
+        b.start()
+        stats = summary(proc)
+        m = listen.device("d1")
+        wait_for(lambda: m.predictions + m.gaps >= stats["predictions"], timeout=40, what="the queue delivered")
+        time.sleep(0.5)
+        listen.close()
+        return stats, m
+    finally:
+        b.stop()
+
+
+def test_a_broker_restart_loses_nothing_within_the_queue_and_gaps_equal_drops_beyond(digits_bundle, tmp_path):
+    stats, m = _restart_run(digits_bundle, tmp_path, queue=1000, outage_s=2.0)
+    assert stats["drops"] == 0 and m.gaps == 0 and m.predictions == stats["predictions"]
+    assert stats["reconnects"] >= 1
+    stats, m = _restart_run(digits_bundle, tmp_path, queue=20, outage_s=2.5)
+    assert stats["drops"] > 0  # 2.5 s at 50 Hz is more than 20 messages
+    assert m.gaps == stats["drops"]  # exactly the dropped ones are missing
+    assert m.predictions + m.gaps == stats["predictions"]
+
+
+def test_ten_devices_appear_and_a_killed_one_goes_offline_by_its_last_will(digits_bundle, broker, tmp_path):
+    from device.dashboard import Dashboard
+    import urllib.request
+
+    listen = Listener(f"{broker.url}/fleet/+")
+    board = Dashboard(listen.fleet, "127.0.0.1:0")
+    procs = [device(digits_bundle, f"{broker.url}/fleet?device=dev{i:02d}", period=0.1, extra=("--duration", "120"))
+             for i in range(10)]
+    try:
+        wait_for(lambda: len(listen.fleet.devices) == 10 and all(m.predictions > 0 and m.online
+                                                                   for m in listen.fleet.devices.values()),
+                 timeout=90, what="10 devices predicting")
+        state = json.loads(urllib.request.urlopen(f"http://{board.address}/state", timeout=5).read())
+        assert sorted(state["devices"]) == [f"dev{i:02d}" for i in range(10)]
+        procs[3].send_signal(signal.SIGKILL)  # no clean goodbye: the broker sends the will
+        wait_for(lambda: listen.device("dev03").online is False, timeout=15, what="dev03 offline")
+        assert all(m.online for name, m in listen.fleet.devices.items() if name != "dev03")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        board.close()
+        listen.close()
+
+
+def test_tls_and_a_password_and_what_wrong_credentials_say(digits_bundle, tmp_path):
+    b = Mosquitto(tmp_path / "tls", tls=True, users={"pi": "s3cret word"})
+    try:
+        good = tmp_path / "login"
+        good.write_text("pi\ns3cret word\n")
+        good.chmod(0o600)
+        url = f"{b.url}/secure?device=t1&ca={b.ca}&credentials={good}"
+        listen = Listener(f"{b.url}/secure/+?ca={b.ca}&credentials={good}")
+        stats = summary(device(digits_bundle, url, extra=("--max-frames", "40")))
+        wait_for(lambda: listen.device("t1") and listen.device("t1").predictions == 40, what="40 over TLS")
+        assert stats["drops"] == 0
+        listen.close()
+        bad = tmp_path / "wrong"
+        bad.write_text("pi\nnot it\n")
+        bad.chmod(0o600)
+        r = device(digits_bundle, f"{b.url}/secure?device=t2&ca={b.ca}&credentials={bad}", extra=("--duration", "20"))
+        out, err = r.communicate(timeout=30)
+        assert r.returncode == 1 and "refused the connection" in err and "Traceback" not in err
+        assert "not it" not in err  # the password never reaches a log
+        bad.chmod(0o644)
+        r = device(digits_bundle, f"{b.url}/secure?device=t3&ca={b.ca}&credentials={bad}", extra=("--max-frames", "1"))
+        out, err = r.communicate(timeout=30)
+        assert r.returncode == 1 and f"chmod 600 {bad}" in err
+        env = {**os.environ, "TINYSENSE_MQTT_USERNAME": "pi", "TINYSENSE_MQTT_PASSWORD": "s3cret word"}
+        stats = summary(device(digits_bundle, f"{b.url}/secure?device=t4&ca={b.ca}", extra=("--max-frames", "5"),
+                               env=env))
+        assert stats["predictions"] == 5 and stats["drops"] == 0
+    finally:
+        b.stop()
+
+
+def test_an_unreachable_broker_at_start_and_a_queue_file_that_survives_a_restart(digits_bundle, tmp_path):
+    b = Mosquitto(tmp_path / "later")
+    b.stop()  # its port, with nothing listening yet
+    qfile = tmp_path / "queue.jsonl"
+    url = f"{b.url}/late?device=q1&queue_file={qfile}"
+    r = device(digits_bundle, url, extra=("--max-frames", "30"))
+    out, err = r.communicate(timeout=60)
+    assert r.returncode == 0 and "is not reachable" in err and "queueing up to 1000" in err
+    assert len(qfile.read_text().splitlines()) == 30  # every prediction kept for later
+    b.start()
+    try:
+        listen = Listener(f"{b.url}/late/+")
+        stats = summary(device(digits_bundle, url, extra=("--max-frames", "10")))
+        wait_for(lambda: listen.device("q1") and listen.device("q1").predictions == 40, what="30 kept + 10 new")
+        assert not qfile.exists() and stats["drops"] == 0
+        listen.close()
+    finally:
+        b.stop()
+
+
+def test_payloads_that_are_not_ours_are_counted_never_a_crash(broker):
+    listen = Listener(f"{broker.url}/mixed/+")
+    c = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    for topic, payload in [("mixed/x/prediction", b"\xff\xfe not json"), ("mixed/x/prediction", b'{"type":"prediction"}'),
+                           ("mixed/x/temperature", b"21.5"), ("mixed/x/status", b'{"type":"status","state":"maybe"}'),
+                           ("mixed/x/prediction", b'{"type":"prediction","seq":0,"t":1,"label":"a","score":NaN,"topk":[]}'),
+                           ("mixed/x/prediction", b'{"type":"hello","labels":["a"]}')]:
+        c.publish(topic, payload, qos=1).wait_for_publish(5)
+    wait_for(lambda: listen.fleet.foreign >= 5, what="the foreign messages counted")
+    from device.dashboard import Dashboard
+    board = Dashboard(listen.fleet, "127.0.0.1:0")
+    import urllib.request
+    state = json.loads(urllib.request.urlopen(f"http://{board.address}/state", timeout=5).read())  # NaN -> null
+    assert state["foreign"] == listen.fleet.foreign
+    board.close()
+    c.loop_stop()
+    listen.close()
+
+
+def test_the_monitor_cli_reads_mqtt_per_device(digits_bundle, broker):
+    mon = subprocess.Popen([sys.executable, "-m", "device.monitor", f"{broker.url}/cli/+", "--json", "--duration", "25",
+                            "--max-messages", "60"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    time.sleep(1.5)
+    procs = [device(digits_bundle, f"{broker.url}/cli?device={n}", extra=("--max-frames", "30")) for n in ("a", "b")]
+    for p in procs:
+        summary(p)
+    out, err = mon.communicate(timeout=40)
+    assert mon.returncode == 0, err
+    report = json.loads(out)
+    assert sorted(report["devices"]) == ["a", "b"]
+    assert all(d["predictions"] == 30 and d["gaps"] == 0 for d in report["devices"].values())
+    r = subprocess.run([sys.executable, "-m", "device.monitor", "mqtt://127.0.0.1/"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "needs a topic prefix" in r.stderr and "Traceback" not in r.stderr
