@@ -18,7 +18,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DRY_RUN=0
 MODEL=""
 SOURCE="replay:testset.npz?loop=1"
-PORT="/dev/serial0"
+PORTS=()
+PORT=""  # the serial port among PORTS, for the preflight checks
+MQTT_CREDENTIALS=""
+DASHBOARD=""
 PERIOD="1"
 FORMAT="jsonl"
 SSH_PORT=""
@@ -36,8 +39,9 @@ PLATFORMIO=0
 usage() {
   cat <<'EOF'
 usage:
-  ./deploy.sh pi USER@HOST --model BUNDLE_DIR [--source SPEC] [--port PORT] [--period S]
-              [--format jsonl|binary] [--ssh-port N] [--ssh-config FILE] [--remote-dir DIR]
+  ./deploy.sh pi USER@HOST --model BUNDLE_DIR [--source SPEC] [--port PORT]... [--period S]
+              [--format jsonl|binary] [--mqtt-credentials FILE] [--dashboard HOST:PORT]
+              [--ssh-port N] [--ssh-config FILE] [--remote-dir DIR]
               [--python PATH] [--no-systemd] [--any-arch] [--allow-root] [--dry-run]
   ./deploy.sh status USER@HOST [ssh options]     the service and its last lines
   ./deploy.sh logs USER@HOST [ssh options]       recent output
@@ -47,7 +51,10 @@ usage:
               [--platformio] [--dry-run]
 
 Defaults: --source replay:testset.npz?loop=1 (a path relative to the bundle), --port /dev/serial0,
---period 1, --format jsonl, --remote-dir ~/tinysense (an absolute path when given). --any-arch
+--period 1, --format jsonl, --remote-dir ~/tinysense (an absolute path when given). --port repeats
+(serial and mqtt://HOST/PREFIX?device=ID at once); --mqtt-credentials FILE (user name, then password)
+is copied to the Pi with mode 0600 and read by the service, never put on a command line.
+--dashboard 0.0.0.0:8080 serves the live dashboard from the Pi. --any-arch
 allows a host that is not a Pi (aarch64 or armv7l), for testing on any Linux machine. The service
 runs as the user who logs in; root is refused unless --allow-root.
 EOF
@@ -87,8 +94,23 @@ check_options() {
   [[ -z $SSH_PORT || $SSH_PORT =~ ^[0-9]+$ ]] || die "--ssh-port must be a number, not '$SSH_PORT'"
   [[ -z $SSH_CONFIG || -f $SSH_CONFIG ]] || die "--ssh-config $SSH_CONFIG does not exist"
   [[ -z $REMOTE_DIR || $REMOTE_DIR == /* ]] || die "--remote-dir must be an absolute path, not '$REMOTE_DIR'"
-  local name
-  for name in SOURCE PORT REMOTE_DIR REMOTE_PYTHON; do check_value "--${name,,}" "${!name}"; done
+  ((${#PORTS[@]})) || PORTS=(/dev/serial0)
+  local name p mqtt=0
+  for name in SOURCE REMOTE_DIR REMOTE_PYTHON DASHBOARD; do check_value "--${name,,}" "${!name}"; done
+  for p in "${PORTS[@]}"; do
+    check_value --port "$p"
+    if [[ $p == mqtt://* || $p == mqtts://* ]]; then
+      mqtt=1
+      [[ ${p%%\?*} != *@* ]] || die "--port: no user name or password in an MQTT URL (it would show in ps and in the journal): use --mqtt-credentials FILE"
+    elif [[ $p == /* && -z $PORT ]]; then
+      PORT=$p
+    fi
+  done
+  if [[ -n $MQTT_CREDENTIALS ]]; then
+    ((mqtt)) || die "--mqtt-credentials needs an MQTT --port (mqtt://HOST/PREFIX?device=ID)"
+    [[ -f $MQTT_CREDENTIALS ]] || die "--mqtt-credentials $MQTT_CREDENTIALS does not exist"
+  fi
+  [[ -z $DASHBOARD || $DASHBOARD =~ ^[A-Za-z0-9.:-]+:[0-9]+$ ]] || die "--dashboard must be HOST:PORT, e.g. 0.0.0.0:8080"
 }
 
 check_bundle() {
@@ -270,6 +292,7 @@ on_target_start() {
     sudo -n systemctl restart tinysense
   else
     cd "$DIR/current"
+    cmd=${cmd//@DIR@/$(printf '%q' "$DIR")}
     touch "$DIR/tinysense.log"
     n0=$(wc -l < "$DIR/tinysense.log")
     # restarts the app when it fails; a clean exit (SIGTERM) ends the loop
@@ -351,7 +374,17 @@ sha() { sha256sum | cut -c1-16; }
 
 # The command the service runs, relative to the deploy folder; the bundle folder is its cwd.
 app_args() {
-  APP_ARGS=(-m device --model . --source "$SOURCE" --port "$PORT" --period "$PERIOD" --format "$FORMAT")
+  local p
+  APP_ARGS=(-m device --model . --source "$SOURCE" --period "$PERIOD" --format "$FORMAT")
+  for p in "${PORTS[@]}"; do
+    if [[ -n $MQTT_CREDENTIALS && ( $p == mqtt://* || $p == mqtts://* ) ]]; then
+      # the path of the copied file (@DIR@: the deploy folder), not the secret itself
+      [[ $p == *\?* ]] && p+="&" || p+="?"
+      p+="credentials=@DIR@/mqtt-credentials"
+    fi
+    APP_ARGS+=(--port "$p")
+  done
+  [[ -z $DASHBOARD ]] || APP_ARGS+=(--dashboard "$DASHBOARD")
 }
 
 # systemd's own quoting: double quotes, with \, ", % and $ escaped
@@ -373,8 +406,9 @@ unit_text() {
   cat <<EOF
 # Written by tinysense deploy.sh. Remove with: ./deploy.sh remove @USER@@<host>
 [Unit]
-Description=tinysense classifier: predictions over serial
-After=network.target
+Description=tinysense classifier: predictions over serial or MQTT
+After=network-online.target
+Wants=network-online.target
 StartLimitIntervalSec=0
 
 [Service]
@@ -440,7 +474,7 @@ deploy_pi() {
   bundle_sha=$(bundle_tar | sha)
   mode=$( ((USE_SYSTEMD)) && echo systemd || echo background)
   app_args
-  config_sha=$(printf '%s\n' "$mode" "${APP_ARGS[@]}" | sha)
+  config_sha=$( { printf '%s\n' "$mode" "${APP_ARGS[@]}"; [[ -z $MQTT_CREDENTIALS ]] || cat "$MQTT_CREDENTIALS"; } | sha)
   # shellcheck disable=SC2034  # read by name in vars
   local fingerprint="$app_sha $bundle_sha $config_sha"
   # where tar unpacks: --remote-dir, or ~/tinysense (ssh starts in the home folder)
@@ -480,7 +514,19 @@ deploy_pi() {
     bundle_tar | "${SSH[@]}" "$HOST" "tar -xf - -C $(printf '%q' "$rdir/bundles/$bundle_sha.new")"
   fi
 
-  # 4. the service (or a supervised background process), then start
+  # 4. the MQTT login, readable by the service's user alone
+  if [[ -n $MQTT_CREDENTIALS ]]; then
+    say "copying the MQTT credentials (mode 0600) ..."
+    local put
+    put="umask 077 && cat > $(printf '%q' "$rdir/mqtt-credentials.new") && chmod 600 $(printf '%q' "$rdir/mqtt-credentials.new") && mv -f $(printf '%q' "$rdir/mqtt-credentials.new") $(printf '%q' "$rdir/mqtt-credentials")"
+    if ((DRY_RUN)); then
+      printf '+ %s < %s\n' "$(quote "${SSH[@]}" "$HOST" "$put")" "$(quote "$MQTT_CREDENTIALS")"
+    else
+      "${SSH[@]}" "$HOST" "$put" < "$MQTT_CREDENTIALS" || die "copying the MQTT credentials to $HOST failed"
+    fi
+  fi
+
+  # 5. the service (or a supervised background process), then start
   local unit=""
   # shellcheck disable=SC2034  # read by name in vars
   ((USE_SYSTEMD)) && unit=$(unit_text)
@@ -537,7 +583,9 @@ parse_options() {
     case $1 in
       --model) MODEL=${2?--model needs a value}; shift ;;
       --source) SOURCE=${2?--source needs a value}; shift ;;
-      --port) PORT=${2?--port needs a value}; shift ;;
+      --port) PORTS+=("${2?--port needs a value}"); shift ;;
+      --mqtt-credentials) MQTT_CREDENTIALS=${2?--mqtt-credentials needs a file}; shift ;;
+      --dashboard) DASHBOARD=${2?--dashboard needs HOST:PORT}; shift ;;
       --period) PERIOD=${2?--period needs a value}; shift ;;
       --format) FORMAT=${2?--format needs a value}; shift ;;
       --ssh-port) SSH_PORT=${2?--ssh-port needs a value}; shift ;;

@@ -23,7 +23,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True,
                    help="replay:PATH[?loop=1], serial-sensor:PORT[?baud=N], picamera2[:?format=F], synthetic")
     p.add_argument("--port", required=True, action="append",
-                   help="serial port: /dev/serial0, /dev/ttyUSB0, a pty path, loop://, socket://HOST:PORT, or null; "
+                   help="serial port: /dev/serial0, /dev/ttyUSB0, a pty path, loop://, socket://HOST:PORT, null, or an "
+                        "MQTT broker: mqtt://HOST[:PORT]/PREFIX?device=ID (mqtts:// with ca=FILE; credentials=FILE); "
                         "repeat it to send the same stream to several outputs")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--format", choices=FORMATS, default="jsonl")
@@ -38,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between status messages, sent on the port and printed as one line on stdout "
                         "(the journal, deploy.sh logs)")
     p.add_argument("--quiet-status", action="store_true", help="no status lines on stdout")
+    p.add_argument("--dashboard", metavar="HOST:PORT",
+                   help="serve the live dashboard from this device, e.g. 0.0.0.0:8080 (its own predictions)")
     return p
 
 
@@ -101,7 +104,7 @@ def serve(args) -> int:
         from .notify import Notifier
         from .protocol import Encoder, Hello
         from .runtime import open_bundle
-        from .sinks import open_sinks
+        from .sinks import FanOut, open_sinks
         from .sources import open_source
 
         check_args(args)
@@ -119,6 +122,10 @@ def serve(args) -> int:
         hello = encoder.encode(hello_record)
         sink = open_sinks(args.port, baudrate=args.baud, hello=hello, hello_record=hello_record,
                           log=lambda text: print(text, file=sys.stderr, flush=True))
+        if args.dashboard:
+            from .dashboard import DashboardSink
+
+            sink = FanOut([sink, DashboardSink(args.dashboard, hello_record)])
 
         def on_signal(sig, _frame):
             if sig == signal.SIGINT:

@@ -107,3 +107,39 @@ class _Handler(BaseHTTPRequestHandler):
                 self.board.closing.wait(PUSH_S)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the page went away
+
+
+class DashboardSink:
+    """The dashboard served by the device itself (``--dashboard``): its own records, in process.
+
+    A Sink like the others; ``send`` updates the fleet of one under its lock (a few tens of
+    microseconds a frame), and the page reads it from the server's threads.
+    """
+
+    drops = reconnects = 0
+
+    def __init__(self, address: str, hello=None, name: str | None = None):
+        import socket
+
+        from .monitor import Fleet
+        from .protocol import JsonlCodec
+
+        self.codec = JsonlCodec(())
+        self.fleet = Fleet()
+        self.name = name or socket.gethostname() or "device"
+        self.board = Dashboard(self.fleet, address)
+        if hello is not None:
+            self.send(b"", hello)
+
+    def send(self, data: bytes, record=None) -> None:
+        if record is not None:
+            self.fleet.feed(self.name, self.codec.encode(record))
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.board.close()

@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,23 @@ def test_unit_escapes_the_folder_and_is_hardened(digits_bundle, tmp_path):
     assert sh("unit", "--model", digits_bundle, "--remote-dir", "/a\\b").returncode == 1
 
 
+def test_unit_with_mqtt_serial_and_a_dashboard_keeps_the_secret_out(digits_bundle, tmp_path):
+    login = tmp_path / "login"
+    login.write_text("pi\nvery secret\n")
+    r = sh("unit", "--model", digits_bundle, "--remote-dir", "/srv/ts", "--port", "/dev/serial0", "--port",
+           "mqtt://broker.lan/site?device=pi1", "--mqtt-credentials", login, "--dashboard", "0.0.0.0:8080")
+    assert r.returncode == 0, r.stderr
+    assert ('"--port" "/dev/serial0" "--port" "mqtt://broker.lan/site?device=pi1&credentials=/srv/ts/mqtt-credentials"'
+            ' "--dashboard" "0.0.0.0:8080"') in r.stdout
+    assert "very secret" not in r.stdout and "After=network-online.target" in r.stdout
+    for bad, words in [(["--port", "mqtt://pi:pw@broker/x"], "no user name or password"),
+                       (["--mqtt-credentials", login], "needs an MQTT --port"),
+                       (["--port", "mqtt://b/x", "--mqtt-credentials", tmp_path / "nope"], "does not exist"),
+                       (["--dashboard", "8080"], "HOST:PORT")]:
+        r = sh("unit", "--model", digits_bundle, *bad)
+        assert r.returncode == 1 and words in r.stderr, (bad, r.stderr)
+
+
 def test_firmware_lays_out_an_arduino_sketch(digits_bundle, tmp_path):
     require_tool("arm-none-eabi-g++")
     bundle = tmp_path / "digits"
@@ -179,13 +198,25 @@ def read_predictions(path: Path, seconds: float) -> list[dict]:
 
 
 def test_deploy_over_ssh_runs_is_idempotent_updates_and_removes(sshd, digits_bundle, tmp_path):
+    from brokers import Mosquitto
+    from device.monitor import Fleet
+    from device.mqtt import Subscriber
+
     home = tmp_path / "pi-home"
     home.mkdir()
     remote = home / "tinysense"
     socat = start_socat(tmp_path, "serial0", "host")
+    broker = Mosquitto(tmp_path / "broker", users={"pi": "field pass"})
+    login = tmp_path / "login"
+    login.write_text("pi\nfield pass\n")
+    login.chmod(0o600)
+    board = free_port()
     ssh = ["--ssh-config", sshd["config"], "--remote-dir", remote]
-    args = [*ssh, "--model", digits_bundle, "--port", tmp_path / "serial0", "--period", "0.1", "--no-systemd",
+    args = [*ssh, "--model", digits_bundle, "--port", tmp_path / "serial0", "--port", f"{broker.url}/farm?device=pi-a",
+            "--mqtt-credentials", login, "--dashboard", f"127.0.0.1:{board}", "--period", "0.1", "--no-systemd",
             "--any-arch", *AS_ROOT]
+    fleet = Fleet()
+    sub = Subscriber(f"{broker.url}/farm/+?credentials={login}", fleet.message)
     try:
         r = sh("pi", sshd["host"], *args)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -193,6 +224,16 @@ def test_deploy_over_ssh_runs_is_idempotent_updates_and_removes(sshd, digits_bun
         preds = read_predictions(tmp_path / "host", 20)
         assert preds and preds[0]["label"] in [str(i) for i in range(10)]
         pid = (remote / "tinysense.pid").read_text()
+        # serial and MQTT at once; the login copied with mode 0600 and never on the command line
+        assert stat.S_IMODE((remote / "mqtt-credentials").stat().st_mode) == 0o600
+        assert (remote / "mqtt-credentials").read_text() == login.read_text()
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not (fleet.devices.get("pi-a") and fleet.devices["pi-a"].predictions):
+            time.sleep(0.1)
+        assert fleet.devices["pi-a"].predictions > 0
+        assert "field pass" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        state = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{board}/state", timeout=5).read())
+        assert next(iter(state["devices"].values()))["predictions"] > 0  # the dashboard served by the "Pi"
 
         again = sh("pi", sshd["host"], *args)
         assert again.returncode == 0 and "nothing changed" in again.stderr
@@ -220,6 +261,8 @@ def test_deploy_over_ssh_runs_is_idempotent_updates_and_removes(sshd, digits_bun
         assert sh("status", sshd["host"], *ssh).returncode != 0
     finally:
         sh("remove", sshd["host"], *ssh)
+        sub.close()
+        broker.stop()
         socat.terminate()
 
 
