@@ -36,7 +36,7 @@ from .specs import one_of, positive_int
 
 SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 QUEUE_MESSAGES = 1000
-WINDOW = 20  # messages handed to paho and not yet acknowledged
+WINDOW = 64  # messages handed to paho and not yet acknowledged
 OFFLINE = json.dumps({"type": "status", "state": "offline"})
 ENV_USER, ENV_PASSWORD = "TINYSENSE_MQTT_USERNAME", "TINYSENSE_MQTT_PASSWORD"
 USAGE = "mqtt://HOST[:PORT]/PREFIX?device=ID&qos=1 (or mqtts:// with ca=FILE)"
@@ -261,7 +261,9 @@ class MqttSink:
                 if len(self._pending) >= self.limit:
                     self._pending.popleft()
                     self.drops += 1
-                self._pending.append((f"{self.base}/prediction", self._payload(record)))
+                # the jsonl stream's bytes are this very message: encoded once
+                payload = data.rstrip(b"\n") if data[:1] == b"{" else self._payload(record)
+                self._pending.append((f"{self.base}/prediction", payload))
         self._wake.set()
 
     def _next(self):
