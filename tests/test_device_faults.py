@@ -283,7 +283,7 @@ def test_device_and_monitor_agree_on_accuracy_with_a_threshold(digits_bundle):
         def __init__(self):
             self.data = []
 
-        def send(self, data):
+        def send(self, data, record=None):
             self.data.append(data)
 
         def check(self):

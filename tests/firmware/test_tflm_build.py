@@ -101,3 +101,18 @@ def test_a_resolver_of_every_builtin_tflm_offers_compiles(tmp_path):
     r = subprocess.run(["g++", *build.FLAGS, f"-I{tmp_path}", *build._includes(TREE), "-c", str(tmp_path / "every.cc"),
                         "-o", str(tmp_path / "every.o")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_budgets_count_the_whole_firmware_once_it_is_built(digits_bundle, tmp_path):
+    from firmware_export import ExportError
+
+    # the model (11 KB) and the arena (3 KB) fit in 16 KiB of RAM and 64 KiB of flash; the firmware does not
+    with pytest.raises(ExportError, match=r"the whole firmware \(as built for cortex-m4\) needs \d+ bytes of RAM"):
+        export(digits_bundle, tmp_path / "ram", build=("cortex-m4",), tflm_tree=TREE, ram_kb=16)
+    with pytest.raises(ExportError, match=r"the whole firmware \(as built for cortex-m4\) needs \d+ bytes of flash"):
+        export(digits_bundle, tmp_path / "flash", build=("cortex-m4",), tflm_tree=TREE, flash_kb=64)
+    assert not (tmp_path / "ram").exists() and not (tmp_path / "flash").exists()  # nothing half written
+    r = export(digits_bundle, tmp_path / "ok", build=("cortex-m4",), tflm_tree=TREE, target="nrf52840").report
+    assert r["budget"]["counts"] == "whole firmware" and r["budget"]["flash_bytes"] > r["model_bytes"] * 5
+    est = r["build"]["cortex-m4"]["latency_estimate"]
+    assert est["clock_mhz"] == 64 and 0 < est["ms_low"] < est["ms_high"] and "cycles per instruction" in est["assumption"]
