@@ -116,3 +116,13 @@ def test_budgets_count_the_whole_firmware_once_it_is_built(digits_bundle, tmp_pa
     assert r["budget"]["counts"] == "whole firmware" and r["budget"]["flash_bytes"] > r["model_bytes"] * 5
     est = r["build"]["cortex-m4"]["latency_estimate"]
     assert est["clock_mhz"] == 64 and 0 < est["ms_low"] < est["ms_high"] and "cycles per instruction" in est["assumption"]
+
+
+def test_digits_runs_on_cortex_m7_and_on_cortex_m55_with_helium(digits_bundle, tmp_path):
+    report, out = _built(digits_bundle, tmp_path, "digits", ("cortex-m4", "cortex-m7", "cortex-m55"))
+    outputs = {t: report["build"][t]["output"] for t in ("cortex-m4", "cortex-m7", "cortex-m55")}
+    assert outputs["cortex-m4"] == outputs["cortex-m7"] == outputs["cortex-m55"]  # one answer on every core
+    insns = {t: report["build"][t]["probe"]["instructions_per_inference"] for t in outputs}
+    assert insns["cortex-m55"] < insns["cortex-m4"] / 2  # CMSIS-NN's MVE (Helium) paths on the M55
+    smallest = max(m["min_bytes"] for m in report["arena_measured"].values())
+    assert smallest <= report["arena_bytes"] <= smallest * 1.02 + 16  # the largest need among the targets
