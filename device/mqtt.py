@@ -36,7 +36,7 @@ from .specs import one_of, positive_int
 
 SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 QUEUE_MESSAGES = 1000
-WINDOW = 64  # messages handed to paho and not yet acknowledged
+WINDOW = 512  # messages handed to paho and not yet acknowledged
 OFFLINE = json.dumps({"type": "status", "state": "offline"})
 ENV_USER, ENV_PASSWORD = "TINYSENSE_MQTT_USERNAME", "TINYSENSE_MQTT_PASSWORD"
 USAGE = "mqtt://HOST[:PORT]/PREFIX?device=ID&qos=1 (or mqtts:// with ca=FILE)"
