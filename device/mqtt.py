@@ -140,6 +140,23 @@ def client_for(broker: Broker, client_id: str, clean_session: bool = True):
     return client
 
 
+def start(client, broker: Broker, unreachable) -> None:
+    """One connection attempt now, then paho's network thread, which retries with backoff (1 to 30 s).
+
+    A TLS failure is a setting to fix and ends the run; anything else (no route, refused, no
+    such host yet at boot) is said through ``unreachable`` and retried.
+    """
+    client.connect_async(broker.host, broker.port, broker.options.get("keepalive", 30))
+    try:
+        client.reconnect()
+    except ssl.SSLError as e:
+        raise DeviceError(f"TLS with the MQTT broker {broker.where} failed ({e.reason or e}): check ca= and the "
+                          "broker's certificate") from None
+    except OSError as e:
+        unreachable(e)
+    client.loop_start()
+
+
 def refused(reason) -> str | None:
     """A one-line cause when the broker refused the login for good, None otherwise."""
     failure = getattr(reason, "is_failure", False)
@@ -192,17 +209,9 @@ class MqttSink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_connect_fail = self._on_connect_fail
-        self.client.connect_async(self.broker.host, self.broker.port, opts.get("keepalive", 30))
-        try:
-            self.client.reconnect()
-        except ssl.SSLError as e:
-            raise DeviceError(f"TLS with the MQTT broker {self.broker.where} failed ({e.reason or e}): check "
-                              "ca= and the broker's certificate") from None
-        except OSError as e:
-            self._unreachable(e)
+        start(self.client, self.broker, self._unreachable)
         self._thread = threading.Thread(target=self._pump, name="mqtt-pump", daemon=True)
         self._thread.start()
-        self.client.loop_start()
 
     # --- paho callbacks (the network thread): no lock of ours is taken here ---------------------
 
@@ -412,15 +421,7 @@ class Subscriber:
         self.client.on_disconnect = lambda *a: setattr(self, "connected", False)
         self.client.on_message = self._on_message
         self.client.on_connect_fail = lambda *a: self._unreachable(None)
-        self.client.connect_async(self.broker.host, self.broker.port, self.broker.options.get("keepalive", 30))
-        try:
-            self.client.reconnect()
-        except ssl.SSLError as e:
-            raise DeviceError(f"TLS with the MQTT broker {self.broker.where} failed ({e.reason or e}): check "
-                              "ca= and the broker's certificate") from None
-        except OSError as e:
-            self._unreachable(e)
-        self.client.loop_start()
+        start(self.client, self.broker, self._unreachable)
 
     def _unreachable(self, error) -> None:
         if not self._said:

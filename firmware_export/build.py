@@ -237,10 +237,6 @@ def build(src_dir: Path, name: str, tree: Path, target: str = "host", kernels: s
     return _build_mcu(src_dir, name, tree, tc, lib, log)
 
 
-def build_host(src_dir: Path, name: str, tree: Path, log=lambda *a: None) -> dict:
-    return build(src_dir, name, tree, "host", log=log)
-
-
 def _build_host(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path) -> dict:
     exe = src_dir / f"{name}_host"
     t0 = time.monotonic()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import serial
 
+from brokers import free_port
 from conftest import ROOT, require_tool
 from test_device_serial import start_socat
 
@@ -148,12 +149,6 @@ def test_firmware_lays_out_an_arduino_sketch(digits_bundle, tmp_path):
 
 
 # ---- the real deploy over ssh ----------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
