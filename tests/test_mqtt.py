@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -97,12 +98,17 @@ def test_a_device_publishes_to_its_topics_and_to_serial_at_once(digits_bundle, b
         import serial
 
         port = serial.serial_for_url(str(tmp_path / "host"), timeout=0.1)
-        got = b""
+        chunks, done = [], threading.Event()
+        reader = threading.Thread(target=lambda: [chunks.append(port.read(65536)) for _ in iter(done.is_set, True)])
+        reader.start()  # the pty is read while the device writes: a full pty would make it drop
         stats = summary(proc)
         end = time.monotonic() + 5
-        while got.count(b'"type":"prediction"') < 120 and time.monotonic() < end:
-            got += port.read(65536)
+        while b"".join(chunks).count(b'"type":"prediction"') < 120 and time.monotonic() < end:
+            time.sleep(0.05)
+        done.set()
+        reader.join(2)
         port.close()
+        got = b"".join(chunks)
         assert got.count(b'"type":"prediction"') == 120  # the serial side got every prediction too
         wait_for(lambda: listen.device("cell-7") and listen.device("cell-7").predictions == 120, what="120 over MQTT")
         m = listen.device("cell-7")
