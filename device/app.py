@@ -32,6 +32,7 @@ class RunConfig:
     smoothing: int = 1  # average the scores of the last N predictions
     threshold: float = 0.0  # below this score the label is "unknown"
     status_every: float = 10.0  # seconds between status messages
+    thumbnail_every: float = 0.0  # seconds between frames handed to on_frame (0: never)
 
 
 def _pct(values, q: float) -> float:
@@ -86,11 +87,13 @@ class Classifier:
 
 
 def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
-        stop: threading.Event | None = None, hello: bytes = b"", on_status=None, watchdog=None) -> Stats:
+        stop: threading.Event | None = None, hello: bytes = b"", on_status=None, watchdog=None,
+        on_frame=None) -> Stats:
     """Classify frames from ``source`` until it ends, ``stop`` is set, or a limit is reached.
 
     ``hello`` goes out before every status message, so a receiver that joined late
-    (or whose port open flushed the reconnect hello) still learns the labels.
+    (or whose port open flushed the reconnect hello) still learns the labels. ``on_frame``
+    gets a raw frame every ``cfg.thumbnail_every`` seconds (the dashboard's thumbnail).
     """
     stop = stop or threading.Event()
     classify = Classifier(model, encoder.labels, cfg)
@@ -99,6 +102,7 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
     period = cfg.period
     next_tick = clock()
     next_status = next_tick + cfg.status_every
+    next_frame_tap = next_tick if on_frame and cfg.thumbnail_every > 0 else float("inf")
     end = next_tick + cfg.duration if cfg.duration else None
     frames = iter(source)
     counters = getattr(source, "counters", None)  # a source's own faults (bad lines, reopens)
@@ -178,6 +182,9 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
         stats.total_ms.append((t5 - t0) * 1e3)
         if period > 0 and t5 - t0 > period:
             stats.misses += 1
+        if t5 >= next_frame_tap:  # after the frame's own stages, so it is in none of them
+            on_frame(frame.data)
+            next_frame_tap = clock() + cfg.thumbnail_every
         next_tick = _advance(next_tick, period, clock())
     msg = status()
     sink.send(encoder.encode(msg), msg)

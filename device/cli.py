@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between status messages, sent on the port and printed as one line on stdout "
                         "(the journal, deploy.sh logs)")
     p.add_argument("--quiet-status", action="store_true", help="no status lines on stdout")
+    p.add_argument("--thumbnail-every", type=float, default=0.0, metavar="S",
+                   help="image models: a small JPEG of the latest frame every S seconds, to MQTT (retained "
+                        "PREFIX/ID/thumbnail) and --dashboard (needs Pillow; default 0: none)")
     p.add_argument("--dashboard", metavar="HOST:PORT",
                    help="serve the live dashboard from this device, e.g. 0.0.0.0:8080 (its own predictions)")
     return p
@@ -78,6 +81,7 @@ def check_args(args) -> None:
         raise DeviceError("--max-frames must be 0 or more")
     if args.baud <= 0:
         raise DeviceError("--baud must be positive")
+    finite("thumbnail-every", args.thumbnail_every)
 
 
 def status_line(msg: dict) -> str:
@@ -87,6 +91,22 @@ def status_line(msg: dict) -> str:
     return (f"status: frames {msg['frames']} predictions {msg['predictions']} bad frames {msg['bad_frames']} "
             f"misses {msg['misses']} drops {msg['drops']} reconnects {msg['reconnects']}{extra} "
             f"p50 {lat.get('p50', 0):.3f} ms p99 {lat.get('p99', 0):.3f} ms uptime {msg['uptime']:.0f} s")
+
+
+def _thumbnails(sink):
+    """A frame to a JPEG for the outputs that show pictures (MQTT, the dashboard); a serial line does not."""
+    from .thumbnail import is_image, jpeg
+
+    shows = [s for s in getattr(sink, "sinks", [sink]) if hasattr(s, "thumbnail")]
+    if not shows:
+        raise DeviceError("--thumbnail-every needs an output that shows pictures: an mqtt:// --port or --dashboard")
+
+    def on_frame(frame) -> None:
+        if is_image(frame):  # a frame that is not an image is passed over
+            picture = jpeg(frame)
+            for s in shows:
+                s.thumbnail(picture)
+    return on_frame
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +135,12 @@ def serve(args) -> int:
             encoder = Encoder(args.format, b.spec.labels)
         except ValueError as e:
             raise DeviceError(str(e)) from None
+        if args.thumbnail_every > 0:
+            from .thumbnail import check_available
+
+            if b.spec.kind != "image":
+                raise DeviceError(f"--thumbnail-every is for image models; this one is a {b.spec.kind} model")
+            check_available()
         source = open_source(args.source, b.spec)
         facts = {"shape": list(b.spec.input.shape), "dtype": b.spec.input.dtype,
                  "layout": b.spec.input.preprocess.layout}
@@ -134,13 +160,15 @@ def serve(args) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
         cfg = app.RunConfig(period=args.period, max_frames=args.max_frames, duration=args.duration, topk=args.topk,
-                        smoothing=args.smoothing, threshold=args.threshold, status_every=args.status_every)
+                            smoothing=args.smoothing, threshold=args.threshold, status_every=args.status_every,
+                            thumbnail_every=args.thumbnail_every)
+        on_frame = _thumbnails(sink) if args.thumbnail_every > 0 else None
         printer = None if args.quiet_status else (lambda msg: print(status_line(msg), flush=True))
         notifier = Notifier()
         notifier.ready()
         try:
             stats = app.run(model, pre, source, sink, encoder, cfg, stop, hello=hello, on_status=printer,
-                            watchdog=notifier)
+                            watchdog=notifier, on_frame=on_frame)
         finally:
             notifier.stopping()
             notifier.close()

@@ -1,7 +1,7 @@
 """A live classification dashboard over HTTP, fed by a monitor's Fleet: no CDN, no internet, stdlib only.
 
 ``GET /`` the page (device/web/: HTML, CSS and JavaScript that ship in the package), ``GET /state``
-the fleet as JSON, ``GET /events`` the same as server-sent events, pushed four times a second).
+the fleet as JSON, ``GET /thumbnail/DEVICE.jpg`` a device's latest frame when it sends one, ``GET /events`` the same as server-sent events, pushed four times a second).
 """
 
 from __future__ import annotations
@@ -92,6 +92,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(self.board.state_json(), "application/json")
         elif path == "/events":
             self._events()
+        elif path.startswith("/thumbnail/") and path.endswith(".jpg"):
+            from urllib.parse import unquote
+
+            with self.board.fleet.lock:
+                jpeg = self.board.fleet.thumbnails.get(unquote(path[len("/thumbnail/"):-4]))
+            if jpeg is None:
+                self._send(b"no thumbnail\n", "text/plain", 404)
+            else:
+                self._send(jpeg, "image/jpeg")
         else:
             self._send(b"not found\n", "text/plain", 404)
 
@@ -134,6 +143,9 @@ class DashboardSink:
     def send(self, data: bytes, record=None) -> None:
         if record is not None:
             self.fleet.feed(self.name, self.codec.encode(record))
+
+    def thumbnail(self, jpeg: bytes) -> None:
+        self.fleet.thumbnail(self.name, jpeg)
 
     def flush(self, timeout: float = 0.0) -> bool:
         return True

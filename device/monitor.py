@@ -186,6 +186,8 @@ class Fleet:
         self.fmt, self.labels = fmt, list(labels)
         self.devices: dict[str, Monitor] = {}
         self.foreign = 0  # messages on our topics that are not ours (another kind, another program)
+        self.thumbnails: dict[str, bytes] = {}  # device -> its latest frame as a JPEG
+        self.thumbnail_count: dict[str, int] = {}
         self.lock = threading.RLock()
 
     def monitor(self, device: str) -> Monitor:
@@ -198,8 +200,23 @@ class Fleet:
         with self.lock:
             self.monitor(device).feed(data)
 
+    def thumbnail(self, device: str, jpeg: bytes) -> None:
+        """The device's latest frame as a JPEG; anything that is not one is not ours."""
+        from .thumbnail import looks_like_jpeg
+
+        with self.lock:
+            if not looks_like_jpeg(jpeg):
+                self.foreign += 1
+                return
+            self.monitor(device)
+            self.thumbnails[device] = jpeg
+            self.thumbnail_count[device] = self.thumbnail_count.get(device, 0) + 1
+
     def message(self, device: str, kind: str, payload: bytes) -> None:
-        """One MQTT message: a JSON record on PREFIX/DEVICE/KIND."""
+        """One MQTT message: a JSON record on PREFIX/DEVICE/KIND, or a JPEG on PREFIX/DEVICE/thumbnail."""
+        if kind == "thumbnail":
+            self.thumbnail(device, payload)
+            return
         with self.lock:
             if kind not in ("hello", "prediction", "status") or b"\n" in payload.rstrip(b"\n"):
                 self.foreign += 1
@@ -217,7 +234,8 @@ class Fleet:
     def snapshot(self) -> dict:
         with self.lock:
             return {"t": time.time(), "foreign": self.foreign,
-                    "devices": {name: m.state() for name, m in sorted(self.devices.items())}}
+                    "devices": {name: {**m.state(), "thumbnail": self.thumbnail_count.get(name, 0)}
+                                for name, m in sorted(self.devices.items())}}
 
     def summary(self) -> dict:
         with self.lock:

@@ -6,7 +6,8 @@ device publishes, one JSON message each (the jsonl form of the records in protoc
 - ``PREFIX/ID/prediction`` and skips: not retained, QoS 1 by default;
 - ``PREFIX/ID/hello``: retained (labels, model sha256, period), on every connect;
 - ``PREFIX/ID/status``: retained, the latest status with ``"state": "online"``; the broker's last
-  will (and a clean shutdown) leaves ``{"type": "status", "state": "offline"}`` there.
+  will (and a clean shutdown) leaves ``{"type": "status", "state": "offline"}`` there;
+- ``PREFIX/ID/thumbnail``: retained, a small JPEG of the latest frame (``--thumbnail-every``).
 
 While the broker is unreachable, predictions wait in a bounded queue (``queue=N``, default
 1000): beyond it the oldest is dropped and counted, so a receiver's sequence gaps equal the
@@ -275,6 +276,12 @@ class MqttSink:
                 self._pending.append((f"{self.base}/prediction", payload))
         self._wake.set()
 
+    def thumbnail(self, jpeg: bytes) -> None:
+        """The latest frame as a JPEG on PREFIX/ID/thumbnail, retained; only the newest waits in the queue."""
+        with self._lock:
+            self._retained[f"{self.base}/thumbnail"] = jpeg
+        self._wake.set()
+
     def _next(self):
         """(topic, payload, retain) to hand to paho next, or None."""
         with self._lock:
@@ -318,8 +325,11 @@ class MqttSink:
                 info = self.client.publish(topic, payload, qos=1 if retain else self.qos, retain=retain)
                 # NO_CONN: paho keeps a QoS>0 message and sends it after the reconnect
                 if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
-                    with self._lock:
-                        self._pending.appendleft((topic, payload))
+                    with self._lock:  # back where it came from (a newer retained message wins)
+                        if retain:
+                            self._retained.setdefault(topic, payload)
+                        else:
+                            self._pending.appendleft((topic, payload))
                     break
                 if retain or self.qos:
                     self._inflight += 1  # acknowledged later, after a reconnect if need be
@@ -394,7 +404,7 @@ def _topic_part_or_host() -> str:
     return name[:128] or "device"
 
 
-KINDS = ("hello", "prediction", "status")
+KINDS = ("hello", "prediction", "status", "thumbnail")
 
 
 class Subscriber:

@@ -96,3 +96,38 @@ def test_the_dashboard_updates_live_in_headless_chromium(digits_bundle, tmp_path
             p.terminate()
             p.wait(10)
         socat.kill()
+
+
+def test_the_device_serves_its_own_dashboard_with_a_thumbnail(digits_bundle, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = free_port()
+    dev = subprocess.Popen([sys.executable, "-m", "device", "--model", str(digits_bundle), "--source",
+                            f"replay:{digits_bundle / 'testset.npz'}?loop=1", "--port", "null", "--period", "0.05",
+                            "--duration", "90", "--quiet-status", "--dashboard", f"127.0.0.1:{port}",
+                            "--thumbnail-every", "0.3"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    browser = None
+    try:
+        browser = chromium(tmp_path)
+        end = time.monotonic() + 30
+        while True:
+            try:
+                browser.get(f"http://127.0.0.1:{port}/")
+                break
+            except Exception:  # noqa: BLE001 - refused until the device listens
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.3)
+        shown = ("const i = document.querySelector('.card .thumb');"
+                 "return i && !i.hidden && i.complete ? [i.naturalWidth, i.getAttribute('src')] : null;")
+        WebDriverWait(browser, 30).until(lambda b: (b.execute_script(shown) or [0])[0] > 0)
+        width, first = browser.execute_script(shown)
+        assert width == 160  # the 8x8 digit, enlarged
+        WebDriverWait(browser, 10).until(lambda b: (b.execute_script(shown) or [0, first])[1] != first)  # refreshed
+        browser.save_screenshot(str(tmp_path / "device-dashboard.png"))
+    finally:
+        if browser is not None:
+            browser.quit()
+        dev.terminate()
+        dev.wait(10)

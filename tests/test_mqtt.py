@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from brokers import Mosquitto
@@ -277,3 +278,32 @@ def test_the_monitor_cli_reads_mqtt_per_device(digits_bundle, broker):
     r = subprocess.run([sys.executable, "-m", "device.monitor", "mqtt://127.0.0.1/"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 1 and "needs a topic prefix" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_thumbnails_go_to_mqtt_retained_and_bad_ones_are_not_ours(digits_bundle, broker):
+    from PIL import Image
+    import io
+
+    from device.thumbnail import jpeg, looks_like_jpeg
+
+    small = jpeg(np.linspace(0, 16, 64, dtype=np.float32).reshape(8, 8, 1))  # a digit's 8x8 frame
+    assert looks_like_jpeg(small) and Image.open(io.BytesIO(small)).size == (160, 160)
+    assert Image.open(io.BytesIO(jpeg(np.zeros((480, 640, 3), np.uint8)))).size == (160, 120)
+    listen = Listener(f"{broker.url}/cam/+")
+    stats = summary(device(digits_bundle, f"{broker.url}/cam?device=c1", extra=("--max-frames", "40",
+                                                                               "--thumbnail-every", "0.1")))
+    wait_for(lambda: "c1" in listen.fleet.thumbnails, what="a thumbnail")
+    assert looks_like_jpeg(listen.fleet.thumbnails["c1"]) and stats["predictions"] == 40
+    before = listen.fleet.foreign
+    c = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    c.publish("cam/c2/thumbnail", b"GIF89a not a jpeg", qos=1).wait_for_publish(5)
+    wait_for(lambda: listen.fleet.foreign == before + 1, what="the bad picture counted")
+    c.loop_stop()
+    listen.close()
+    late = Listener(f"{broker.url}/cam/+")  # retained: a dashboard that starts later shows the last frame
+    wait_for(lambda: "c1" in late.fleet.thumbnails, what="the retained thumbnail")
+    late.close()
+    r = device(digits_bundle, "null", extra=("--max-frames", "1", "--thumbnail-every", "1"))
+    assert r.wait(60) == 1 and "needs an output that shows pictures" in r.stderr.read()

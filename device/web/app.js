@@ -19,7 +19,10 @@ function card(name) {
   h.append(el("span", "name", name), el("span", "badge unknown state", "?"));
   const now = el("div", "now");
   now.append(el("span", "label", "-"), el("span", "score", ""));
-  c.append(h, now, el("div", "bars"), el("div", "strip"), el("table", "latency"), el("div", "counters"));
+  const thumb = el("img", "thumb");
+  thumb.alt = "latest frame of " + name;
+  thumb.hidden = true;
+  c.append(h, thumb, now, el("div", "bars"), el("div", "strip"), el("table", "latency"), el("div", "counters"));
   document.getElementById("devices").append(c);
   cards.set(name, c);
   return c;
@@ -37,6 +40,12 @@ function draw(name, d, now) {
   const online = d.online !== undefined ? d.online : fresh;
   state.textContent = d.online !== undefined ? (online ? "online" : "offline") : (fresh ? "receiving" : "silent");
   state.className = "badge state " + (online ? "online" : "offline");
+  const thumb = c.querySelector(".thumb");
+  if (d.thumbnail && thumb.dataset.version !== String(d.thumbnail)) {
+    thumb.dataset.version = String(d.thumbnail);
+    thumb.src = "/thumbnail/" + encodeURIComponent(name) + ".jpg?v=" + d.thumbnail;
+    thumb.hidden = false;
+  }
   c.querySelector(".label").textContent = d.label === null ? "-" : d.label;
   c.querySelector(".score").textContent = d.score === null ? "" : fmt(d.score, 3);
 
