@@ -159,11 +159,8 @@ def start(client, broker: Broker, unreachable) -> None:
 
 
 def refused(reason) -> str | None:
-    """A one-line cause when the broker refused the login for good, None otherwise."""
-    failure = getattr(reason, "is_failure", False)
-    if not failure:
-        return None
-    return str(reason)
+    """The broker's words when it refused the connection (a CONNACK failure code), None otherwise."""
+    return str(reason) if getattr(reason, "is_failure", False) else None
 
 
 class MqttSink:

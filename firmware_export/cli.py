@@ -21,8 +21,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the sources")
     p.add_argument("--name", help="C name prefix (default: from the bundle folder or file name)")
     p.add_argument("--target", help=f"board preset: {', '.join(f'{k} ({v.ram_kb} KiB RAM, {v.flash_kb} KiB flash)' for k, v in TARGETS.items())}")
-    p.add_argument("--flash-kb", type=int, help="flash budget in KiB (overrides the preset)")
-    p.add_argument("--ram-kb", type=int, help="RAM budget for the tensor arena in KiB (overrides the preset)")
+    p.add_argument("--flash-kb", type=int, help="flash budget in KiB (overrides the preset); the whole firmware "
+                                                "once a Cortex-M --build ran, else the model")
+    p.add_argument("--ram-kb", type=int, help="RAM budget in KiB (overrides the preset); the whole firmware once a "
+                                              "Cortex-M --build ran, else the tensor arena")
     p.add_argument("--margin", type=float, default=ARENA_MARGIN_PERCENT,
                    help=f"arena margin over the recorded figure, percent (default {ARENA_MARGIN_PERCENT:g})")
     p.add_argument("--inputs", type=Path,
@@ -30,9 +32,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="skip the g++ and arm-none-eabi-g++ checks")
     p.add_argument("--build", choices=BUILD_TARGETS, action="append", default=[], metavar="TARGET",
                    help="build main.cc with real TFLM into a program and run its golden self-test; "
-                        "repeatable. host: this machine's g++; cortex-m4: Arm MPS2 AN386 under "
-                        "qemu-system-arm, which also measures the smallest arena there (emitted plus 1%%), "
-                        "whole-firmware flash and RAM and instructions per inference. Needs --tflm-tree")
+                        "repeatable. host: this machine's g++; cortex-m4, cortex-m7, cortex-m55: Arm's MPS2/MPS3 "
+                        "boards under qemu-system-arm, which also measure the smallest arena there (emitted "
+                        "plus 1%%), whole-firmware flash and RAM, and instructions per inference. Needs --tflm-tree")
     p.add_argument("--kernels", choices=KERNELS,
                    help="TFLM kernels on a Cortex-M target (default cmsis-nn; the host builds reference)")
     p.add_argument("--tflm-tree", type=Path,
