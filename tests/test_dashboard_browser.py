@@ -28,6 +28,19 @@ def chromium(tmp_path):
     return webdriver.Chrome(options=options, service=Service(require_tool("chromedriver")))
 
 
+def open_page(browser, url: str, timeout: float = 30.0) -> None:
+    """Load the page once the server listens (the monitor or device needs a moment to start)."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            browser.get(url)
+            return
+        except Exception:  # noqa: BLE001 - connection refused until it listens
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.3)
+
+
 def test_the_dashboard_updates_live_in_headless_chromium(digits_bundle, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -44,15 +57,7 @@ def test_the_dashboard_updates_live_in_headless_chromium(digits_bundle, tmp_path
     browser = None
     try:
         browser = chromium(tmp_path)
-        end = time.monotonic() + 20
-        while True:  # the monitor needs a moment to listen
-            try:
-                browser.get(f"http://127.0.0.1:{port}/")
-                break
-            except Exception:  # noqa: BLE001 - connection refused until it listens
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.3)
+        open_page(browser, f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(browser, 30)
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".card .counter[data-name=predictions]"))
 
@@ -110,15 +115,7 @@ def test_the_device_serves_its_own_dashboard_with_a_thumbnail(digits_bundle, tmp
     browser = None
     try:
         browser = chromium(tmp_path)
-        end = time.monotonic() + 30
-        while True:
-            try:
-                browser.get(f"http://127.0.0.1:{port}/")
-                break
-            except Exception:  # noqa: BLE001 - refused until the device listens
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.3)
+        open_page(browser, f"http://127.0.0.1:{port}/")
         shown = ("const i = document.querySelector('.card .thumb');"
                  "return i && !i.hidden && i.complete ? [i.naturalWidth, i.getAttribute('src')] : null;")
         WebDriverWait(browser, 30).until(lambda b: (b.execute_script(shown) or [0])[0] > 0)
