@@ -76,7 +76,8 @@ class Timed:
 def fleet_phase(bundle: Path, broker: Mosquitto, n: int, seconds: float, rate: float) -> None:
     timed = Timed()
     sub = Subscriber(f"{broker.url}/bench/+", timed.message)
-    time.sleep(0.5)
+    if not sub.wait_subscribed(10):
+        raise SystemExit("fleet_bench: the broker did not acknowledge the subscription within 10 s")
     cpu0, wall0 = broker.cpu_seconds(), time.monotonic()
     procs = [device(bundle, f"{broker.url}/bench?device=dev{i:02d}", 1 / rate, seconds) for i in range(n)]
     reported = [summary(p) for p in procs]

@@ -332,8 +332,12 @@ def monitor_mqtt(args) -> int:
                          log=lambda text: print(text, file=sys.stderr, flush=True))
         live = sys.stdout.isatty() and not args.quiet
         end = time.monotonic() + args.duration if args.duration else None
+        said_subscribed = False
         while not stop.is_set():
             sub.check()
+            if not said_subscribed and sub.wait_subscribed(0):
+                said_subscribed = True  # from here on the broker delivers this filter's live messages
+                print(f"monitor: subscribed to {sub.filter}/+ on {sub.broker.where}", file=sys.stderr, flush=True)
             if end is not None and time.monotonic() >= end:
                 break
             if args.max_messages is not None and fleet.count() >= args.max_messages:

@@ -422,10 +422,12 @@ class Subscriber:
         self._said = False
         self.log = log
         self._deliver = on_message
+        self._subscribed = threading.Event()  # set by the broker's SUBACK, cleared while disconnected
         self.client = client_for(self.broker, session or f"tinysense-monitor-{os.getpid()}",
                                  clean_session=session is None)
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *a: setattr(self, "connected", False)
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_connect_fail = lambda *a: self._unreachable(None)
         start(self.client, self.broker, self._unreachable)
@@ -446,6 +448,26 @@ class Subscriber:
         self._ever = self.connected = True
         self._said = False
         client.subscribe(f"{self.filter}/+", qos=1)
+
+    def _on_disconnect(self, *args) -> None:
+        self.connected = False
+        self._subscribed.clear()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
+        failed = [str(r) for r in reason_codes if getattr(r, "is_failure", False)]
+        if failed:
+            self.failure = (f"the MQTT broker {self.broker.where} refused the subscription to {self.filter}/+ "
+                            f"({', '.join(failed)}): check the broker's ACL for this user")
+            return
+        self._subscribed.set()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Whether the broker has acknowledged the subscription within ``timeout`` seconds.
+
+        Only from then on does the broker deliver messages that are not retained: a message
+        published before it is gone for this subscriber (MQTT keeps no history for a new one).
+        """
+        return self._subscribed.wait(timeout)
 
     def _on_message(self, client, userdata, message):
         parts = message.topic.split("/")

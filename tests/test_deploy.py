@@ -212,6 +212,7 @@ def test_deploy_over_ssh_runs_is_idempotent_updates_and_removes(sshd, digits_bun
             "--any-arch", *AS_ROOT]
     fleet = Fleet()
     sub = Subscriber(f"{broker.url}/farm/+?credentials={login}", fleet.message)
+    assert sub.wait_subscribed(10), "the broker did not acknowledge the subscription"
     try:
         r = sh("pi", sshd["host"], *args)
         assert r.returncode == 0, r.stdout + r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import shutil
 import signal
 import subprocess
@@ -92,15 +93,19 @@ def test_non_finite_samples_are_bad_lines():
 def test_a_flood_of_lines_does_not_starve_frames():
     src = open_source("serial-sensor:loop://", sensor_spec())
     src.max_wait = 1.0
-    flood = b"1,2,3\n" * 20000  # far more than one read takes: the old loop waited for a quiet line
-    src.port.write(flood[:4000])
+    # pyserial's loop:// holds 4,096 bytes and, without a write timeout, blocks a writer for good once
+    # it is full: the pourer would never see stop and the join below would hang the suite
+    src.port.write_timeout = 0.05
+    src.port.write(b"1,2,3\n" * 600)  # 3,600 bytes: far more than one read takes
     stop = threading.Event()
+    poured = []
 
     def pour():
         while not stop.is_set():
             try:
                 src.port.write(b"1,2,3\n" * 50)
-            except Exception:  # noqa: BLE001 - the loop port's buffer is full: keep pouring
+                poured.append(1)
+            except (serial.SerialTimeoutException, queue.Full):  # full: the reader is behind; keep pouring
                 pass
     t = threading.Thread(target=pour, daemon=True)
     t.start()
@@ -108,9 +113,10 @@ def test_a_flood_of_lines_does_not_starve_frames():
         frames = [next(src) for _ in range(5)]
     finally:
         stop.set()
-        t.join()
+        t.join(timeout=5)
         src.close()
-    assert len(frames) == 5
+    assert not t.is_alive(), "the pouring thread did not stop: a write blocked without its timeout"
+    assert len(frames) == 5 and poured
 
 
 # --- the writer ------------------------------------------------------------------------------------

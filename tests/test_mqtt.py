@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -48,6 +49,23 @@ def wait_for(cond, timeout=20.0, what="the condition"):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def wait_for_line(stream, text, timeout):
+    """Read a child's text stream until a line holds ``text``; fail after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < end:
+        ready, _, _ = select.select([stream], [], [], max(0.0, end - time.monotonic()))
+        if not ready:
+            break
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return
+    pytest.fail(f"no line with {text!r} within {timeout} s: {''.join(seen)[-1000:]}")
+
+
 class Listener:
     """A Fleet fed by the monitor's own Subscriber."""
 
@@ -56,6 +74,8 @@ class Listener:
 
         self.fleet = Fleet()
         self.sub = Subscriber(url, self.fleet.message, session=session)
+        # messages that are not retained reach only a subscription the broker has acknowledged
+        assert self.sub.wait_subscribed(10), f"no subscription acknowledgement from {url} within 10 s"
 
     def device(self, name):
         return self.fleet.devices.get(name)
@@ -266,7 +286,7 @@ def test_the_monitor_cli_reads_mqtt_per_device(digits_bundle, broker):
     mon = subprocess.Popen([sys.executable, "-m", "device.monitor", f"{broker.url}/cli/+", "--json", "--duration", "25",
                             "--max-messages", "60"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
-    time.sleep(1.5)
+    wait_for_line(mon.stderr, "monitor: subscribed to cli/+", timeout=20)  # predictions are not retained
     procs = [device(digits_bundle, f"{broker.url}/cli?device={n}", extra=("--max-frames", "30")) for n in ("a", "b")]
     for p in procs:
         summary(p)

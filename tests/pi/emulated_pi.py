@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -175,8 +176,11 @@ class EmulatedPi:
                   f"mount --rbind /dev {r}/dev; mount -t tmpfs tmpfs {r}/run; mkdir -p {r}/run/sshd; "
                   f"exec chroot {r} /usr/bin/env QEMU_CPU={CPU} /usr/sbin/sshd -D -e "
                   "-f /etc/ssh/sshd_config.tinysense")
-        self.proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
-                                      "bash", "-c", script], stderr=subprocess.PIPE, text=True)
+        # --kill-child: the namespace's init (sshd) goes when unshare goes; without it, terminating
+        # unshare left sshd and everything it started running for good
+        self.proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--kill-child=SIGKILL",
+                                      "--propagation", "private", "bash", "-c", script],
+                                     stderr=subprocess.PIPE, text=True)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -193,12 +197,39 @@ class EmulatedPi:
                               capture_output=True, text=True, timeout=timeout)
 
     def stop(self) -> None:
+        """sshd and every process in the Pi's namespaces ended, and waited for."""
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # the namespace's init: its processes and mounts go with it
+            self.proc.terminate()  # --kill-child ends the namespace's init, and the kernel the rest of it
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(10)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and processes_in(self.root):
+            for pid in processes_in(self.root):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        left = processes_in(self.root)
+        if left:
+            raise PiError(f"processes {left} of the emulated Pi are still running after stop")
+
+
+def processes_in(root: Path) -> list[int]:
+    """Pids of processes whose root directory is ``root`` (the rootfs's chroot)."""
+    pids = []
+    target = os.path.realpath(root)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/root") == target:
+                    pids.append(int(entry))
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+    return pids
 
 
 def main(argv: list[str]) -> int:

@@ -18,8 +18,9 @@ import pytest
 from conftest import ROOT
 from device.protocol import Decoder
 
-pytestmark = pytest.mark.skipif(not os.environ.get("TINYSENSE_PI_TEST"),
-                                reason="the emulated Pi takes minutes: 'make pi-test' runs it")
+pytestmark = [pytest.mark.skipif(not os.environ.get("TINYSENSE_PI_TEST"),
+                                 reason="the emulated Pi takes minutes: 'make pi-test' runs it"),
+              pytest.mark.timeout(1800)]  # a first run debootstraps the rootfs (about 15 minutes)
 
 DEPLOY = ROOT / "deploy.sh"
 
