@@ -270,7 +270,7 @@ on_target_install_app() {
     "$DIR/venv/bin/python" -m pip install -q 'numpy<2' tflite-runtime
   fi
   "$DIR/venv/bin/python" -m pip install -q "$DIR/app[device]"
-  "$DIR/venv/bin/python" -c 'import device.runtime as r; r.interpreter_module()'
+  "$DIR/venv/bin/python" -c 'import contract.runtime as r; r.interpreter_module()'
   echo "$app_sha" > "$DIR/app.sha"
 }
 
@@ -358,10 +358,11 @@ preflight() {
 
 # ---- what is deployed --------------------------------------------------------
 
-# A tar of the app (device package + packaging files), byte-identical for identical sources.
+# A tar of the app (device/, the contract/ and dashboard/ it imports, packaging files),
+# byte-identical for identical sources.
 app_tar() {
   tar -C "$HERE" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
-    --exclude=__pycache__ -cf - device pyproject.toml README.md
+    --exclude=__pycache__ -cf - contract dashboard device pyproject.toml README.md
 }
 
 bundle_tar() {

@@ -21,12 +21,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from build_model import calibration, datasets, models, quantize  # noqa: E402
-from build_model.tf import tf  # noqa: E402
-from build_model.training import TrainConfig, fit, seed_everything  # noqa: E402
-from device import quant  # noqa: E402
-from device.runtime import Model  # noqa: E402
-from device.capture import captured  # noqa: E402
+from build_model import calibration, datasets, models, quantize
+from build_model.tf import tf
+from build_model.training import TrainConfig, fit, seed_everything
+from contract import quant
+from contract.runtime import Model
+from contract.capture import captured
 
 TUNE = TrainConfig(epochs=3, min_epochs=0, patience=3, learning_rate=1e-4, quiet=True)
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf-tiny-ic" / "pretrainedResnet.h5"

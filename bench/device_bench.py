@@ -26,13 +26,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from device import app, bundle, thirdparty  # noqa: E402
-from device.monitor import Monitor  # noqa: E402
-from device.preprocess import Preprocessor  # noqa: E402
-from device.protocol import Encoder, Hello  # noqa: E402
-from device.runtime import Model, interpreter_module  # noqa: E402
-from device.sinks import SerialSink  # noqa: E402
-from device.sources import open_source  # noqa: E402
+from contract import bundle
+from device import app, thirdparty
+from dashboard.fleet import Monitor
+from contract.preprocess import Preprocessor
+from contract.protocol import Encoder, Hello
+from contract.runtime import Model, interpreter_module
+from device.sinks import SerialSink
+from device.sources import open_source
 
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
 CIFAR = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck".split(",")

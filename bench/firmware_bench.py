@@ -26,8 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from firmware_export import build as builder  # noqa: E402
-from firmware_export.export import export  # noqa: E402
+from firmware_export import build as builder
+from firmware_export.export import export
 
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
 TREE = ROOT.parent / "shared" / "third_party" / "tflm"

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from brokers import Mosquitto  # noqa: E402
-from device.monitor import Fleet  # noqa: E402
-from device.mqtt import Subscriber  # noqa: E402
+from brokers import Mosquitto
+from dashboard.fleet import Fleet
+from monitor.subscriber import Subscriber
 
 
 def arg(name: str, default):

@@ -79,7 +79,7 @@ def measure(name: str, arch: str, seed: int = 0) -> dict:
 
 
 def quantize_input(micro, ds):
-    from device.quant import quantize
+    from contract.quant import quantize
 
     x = ds.normalise(ds.test.x[:1])
     return quantize(x, micro.input.scale, micro.input.zero_point, micro.input_dtype)
@@ -121,7 +121,9 @@ def main(argv=None) -> int:
             r = measure(name, arch)
             rows.append(r)
             fcn, resnet = PUBLISHED.get(name, (None, None))
-            pub = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
+
+            def pub(v) -> str:
+                return f"{v:.1f}" if v is not None else "-"
             print(f"{name:17s} {arch:10s} {pub(fcn):>5s} {pub(resnet):>6s} {r['float32']:7.2f} {r['int8']:6.2f} "
                   f"{r['qat_int8']:6.2f} {r['params']:7,d} {r['macs']:10,d} {r['int8_bytes']:7,d} {r['arena']:8,d} "
                   f"{r['epochs']:6d} {r['seconds']:5.0f}  {'; '.join(verdicts(r, DEFAULT['sensor']))}", flush=True)

@@ -1,7 +1,7 @@
 """tinysense build side: dataset -> Keras model -> quantized variants -> report -> bundle."""
 
 
-from device.errors import TinysenseError, UsageError as _Usage
+from contract.errors import TinysenseError, UsageError as _Usage
 
 
 class BuildError(TinysenseError):

@@ -118,7 +118,9 @@ def mobilenet(input_shape: tuple[int, ...], classes: int, width: float = 0.25):
     """
     keras = _keras()
     L = keras.layers
-    f = lambda n: max(8, int(round(n * width / 8)) * 8)  # noqa: E731  (multiples of 8, as MobileNet rounds)
+
+    def f(n: int) -> int:
+        return max(8, int(round(n * width / 8)) * 8)  # multiples of 8, as MobileNet rounds
     h, w, _ = input_shape
     inp = L.Input(input_shape)
     x = L.Conv2D(f(32), 3, strides=2 if min(h, w) >= 32 else 1, padding="same", use_bias=False)(inp)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from device.runner import run_cli
+from contract.cli import run_cli
 
 from . import UsageError
 
@@ -21,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
                     "the real interpreter, and write a bundle: model.tflite (full int8) + model.json.")
     p.add_argument("--dataset", default="digits",
                    help="digits (default, offline), basicmotions, ucr:NAME (a UCR/UEA set on its official split, "
-                        "e.g. ucr:ItalyPowerDemand), mnist, fashion_mnist, cifar10, images:FOLDER, csv:FILE or npz:FILE")
+                        "e.g. ucr:ItalyPowerDemand), mnist, fashion_mnist, cifar10, images:FOLDER, csv:FILE or "
+                        "npz:FILE")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--variants", help=f"comma-separated subset of: {', '.join(NAMES)} (default: all)")
     p.add_argument("--arch", choices=list(ARCHS),

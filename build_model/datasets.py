@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from device.bundle import Preprocess
+from contract.bundle import Preprocess
 
 from . import BuildError, UsageError
 
@@ -62,7 +62,7 @@ class Dataset:
 
 def resize_images(ds: Dataset, height: int, width: int, channels: int) -> Dataset:
     """The same data set at another image size (and gray repeated to RGB), as the device resizes frames."""
-    from device.preprocess import nearest_maps
+    from contract.preprocess import nearest_maps
 
     have = ds.sample_shape
     if have[2] not in (channels, 1):
@@ -195,7 +195,7 @@ def fix_length(recordings, steps: int, mode: str) -> np.ndarray:
     et al. do for the multivariate archive); ``pad``: the last sample repeated (longer ones cut).
     The device applies the same rule (device.preprocess.fit_length), since model.json records it.
     """
-    from device.preprocess import fit_length
+    from contract.preprocess import fit_length
 
     if mode not in LENGTH_MODES:
         raise UsageError(f"--length {mode!r}: choose {' or '.join(LENGTH_MODES)}")
@@ -237,7 +237,7 @@ def load_ucr(name: str, seed: int, window: int | None = None, stride: int = 10, 
         raise BuildError(f"cannot load UCR/UEA set {name} ({text.splitlines()[0][:160]})") from None
     labels, (ytr_i, yte_i) = _labels_and_ids(ytr, yte)
     mode = None
-    if isinstance(xtr, list) or isinstance(xte, list) or getattr(xtr, "dtype", None) == object:
+    if isinstance(xtr, list) or isinstance(xte, list) or getattr(getattr(xtr, "dtype", None), "kind", "") == "O":
         mode = length
         steps = max(np.asarray(r).shape[-1] for r in (*xtr, *xte))
         xtr, xte = fix_length(xtr, steps, mode), fix_length(xte, steps, mode)
@@ -277,7 +277,7 @@ def load_keras(name: str, seed: int, **_) -> Dataset:
     filename, labels, color = _KERAS[name]
     try:
         (xtr, ytr), (xte, yte) = getattr(keras.datasets, name).load_data()
-    except Exception as e:  # offline: urllib, socket or http errors, all wrapped differently
+    except Exception as e:  # noqa: BLE001 - offline: urllib, socket or http errors, all wrapped differently
         raise BuildError(
             f"cannot download {name} ({type(e).__name__}); place {filename} in ~/.keras/datasets/ and run again"
         ) from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.capture import captured
+from contract.capture import captured
 
 from .calibration import generator
 from .quantize import converter
@@ -34,7 +34,8 @@ class LayerError:
     mean_error: float
 
     def to_dict(self) -> dict:
-        return {"op": self.op, "tensor": self.tensor, "scale": self.scale, "rmse_per_step": round(self.rmse_per_step, 4),
+        return {"op": self.op, "tensor": self.tensor, "scale": self.scale,
+                "rmse_per_step": round(self.rmse_per_step, 4),
                 "max_abs_error": round(self.max_abs_error, 6), "mean_error": round(self.mean_error, 6)}
 
 

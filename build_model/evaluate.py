@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.quant import quantize
-from device.runtime import Model
+from contract.quant import quantize
+from contract.runtime import Model
 from firmware_export.tflm import can_run
 
 from .datasets import Dataset

@@ -27,7 +27,7 @@ def load_user_model(path: str | Path) -> "keras.Model":
         raise BuildError(f"model file {path} does not exist")
     try:
         model = keras.models.load_model(path, compile=False)
-    except Exception as e:  # h5py, zipfile, protobuf and Keras each raise their own kind
+    except Exception as e:  # noqa: BLE001 - h5py, zipfile, protobuf and Keras each raise their own kind
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise BuildError(f"cannot load Keras model {path} ({first}): give a .keras, .h5 or SavedModel folder") from None
     if not isinstance(model, keras.Model):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device import atomic
-from device.bundle import ModelSpec, Preprocess, TensorSpec, sha256
-from device.runtime import Model, open_bundle
+from contract import atomic
+from contract.bundle import ModelSpec, Preprocess, TensorSpec, sha256
+from contract.runtime import Model, open_bundle
 
 from . import UsageError, calibration, datasets, variants
 from .evaluate import Evaluation
@@ -205,7 +205,7 @@ def build(cfg: BuildConfig, log=print) -> BuildResult:
         log("int8: per-layer error (QuantizationDebugger)")
         try:
             layers = debug.layer_errors(model, calib, ds.normalise(ds.val.x))
-        except Exception as e:  # the debugger cannot take some graphs (fused RNNs); the build goes on
+        except Exception as e:  # noqa: BLE001 - the debugger cannot take some graphs (fused RNNs); the build goes on
             log(f"  QuantizationDebugger could not run on this model ({str(e).splitlines()[0][:120]})")
 
     candidates = [v for v in variants.BUNDLE_CANDIDATES if v in results]

@@ -13,15 +13,15 @@ from typing import Callable
 
 import numpy as np
 
-from device.capture import captured
-from firmware_export.flatbuffer import read as read_flatbuffer
+from contract.capture import captured
+from contract.tflite import read as read_flatbuffer
 
 from . import BuildError
 from .calibration import generator
 from .datasets import Dataset
 from .tf import keras, tf
 from .training import TrainConfig, fit
-from .variants import BUNDLE_CANDIDATES, PRESETS, parse as parse_variants  # noqa: F401 (re-exported)
+from .variants import PRESETS
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def convert(name: str, model, ctx: Context) -> bytes:
             data = CONVERTERS[name](model, ctx)
     except BuildError:
         raise
-    except Exception as e:  # the converter raises ConverterError, ValueError, RuntimeError...
+    except Exception as e:  # noqa: BLE001 - the converter raises ConverterError, ValueError, RuntimeError...
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise BuildError(f"converting variant {name} failed ({msg})") from None
     if variant.full_integer:

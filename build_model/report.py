@@ -89,7 +89,9 @@ def rows(results: dict[str, Evaluation], baseline: float | None = None) -> list[
 def table(results: dict[str, Evaluation], diagnosis: Diagnosis | None = None) -> str:
     body = rows(results, diagnosis.baseline if diagnosis else None)
     widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(COLUMNS)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     lines = [line(COLUMNS), line(["-" * w for w in widths]), *(line(r) for r in body)]
     if diagnosis:
         lines.append(f"majority-class baseline: {diagnosis.baseline * 100:.2f}% (always '{diagnosis.majority}')")
@@ -116,7 +118,8 @@ def markdown(results: dict[str, Evaluation], ds: Dataset, chosen: str, diagnosis
     text.append("## Variants\n\n" + _md_table(COLUMNS, rows(results, diagnosis.baseline)))
     text.append(f"## Per-class recall ({chosen})\n\n" + _md_table(
         ("class", "recall", "test samples"),
-        [(k, f"{v * 100:.1f}%", str(int(np.sum(ds.test.y == ds.labels.index(k))))) for k, v in diagnosis.recall.items()]))
+        [(k, f"{v * 100:.1f}%", str(int(np.sum(ds.test.y == ds.labels.index(k)))))
+         for k, v in diagnosis.recall.items()]))
     if history is not None and history.epochs_run:
         text.append(f"## Training\n\n{history.epochs_run} epochs, best validation loss at epoch "
                     f"{history.best_epoch + 1} (its weights are the model's)"

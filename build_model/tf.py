@@ -10,9 +10,9 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import warnings  # noqa: E402
+import warnings
 
-from device.capture import captured  # noqa: E402
+from contract.capture import captured
 
 # TensorFlow's C++ side logs at import (oneDNN, CUDA probing) before any setting can stop it.
 with captured((2,)):

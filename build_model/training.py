@@ -48,7 +48,8 @@ class History:
         return len(self.loss)
 
     def to_dict(self) -> dict:
-        r = lambda v: [round(float(x), 6) for x in v]  # noqa: E731
+        def r(values) -> list[float]:
+            return [round(float(x), 6) for x in values]
         return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
                 "loss": r(self.loss), "val_loss": r(self.val_loss), "accuracy": r(self.accuracy),
                 "val_accuracy": r(self.val_accuracy)}

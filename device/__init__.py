@@ -5,7 +5,7 @@ package imports TensorFlow, Keras or build_model.
 """
 
 
-from .errors import TinysenseError, UsageError  # noqa: F401 (the project's one root, re-exported)
+from contract import TinysenseError
 
 
 class DeviceError(TinysenseError):

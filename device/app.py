@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .preprocess import FrameError, Preprocessor
-from .protocol import STAGES, UNKNOWN, Prediction, Skip, Status
-from .quant import dequantize
-from .runtime import Model
-from .sources import CaptureError
+from contract.preprocess import FrameError, Preprocessor
+from contract.protocol import STAGES, UNKNOWN, Prediction, Skip, Status
+from contract.quant import dequantize
+from contract.runtime import Model
+
+from .frames import CaptureError
 
 HISTORY = 2048  # frames of timing kept for percentiles
 

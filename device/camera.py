@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import DeviceError
+from .frames import Frame
 
 FORMATS = ("XRGB8888", "XBGR8888", "RGB888", "BGR888", "YUV420")
 
@@ -76,7 +77,7 @@ class Picamera2Source:
                 size = (max(width, 64) + 1) // 2 * 2, (max(height, 64) + 1) // 2 * 2
                 camera.configure(camera.create_preview_configuration(main={"size": size, "format": fmt}))
                 camera.start()
-            except Exception as e:  # libcamera raises RuntimeError, IndexError when no camera is attached
+            except Exception as e:  # noqa: BLE001 - libcamera: RuntimeError or IndexError with no camera
                 raise DeviceError(f"cannot start the camera ({e}): check the ribbon cable and 'rpicam-hello'") from None
         self.camera = camera
 
@@ -84,8 +85,6 @@ class Picamera2Source:
         return self
 
     def __next__(self):
-        from .sources import Frame
-
         arr = self.camera.capture_array("main")
         if self.fmt == "YUV420" and self.gray:
             return Frame(luma(arr, self.fmt))

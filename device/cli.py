@@ -10,9 +10,15 @@ import signal
 import sys
 import threading
 
-from . import DeviceError
-from .protocol import FORMATS
-from .runner import run_cli
+from contract.cli import run_cli
+from contract.preprocess import Preprocessor
+from contract.protocol import FORMATS, Encoder, Hello
+from contract.runtime import open_bundle
+
+from . import DeviceError, app, thumbnail
+from .notify import Notifier
+from .sinks import open_sinks
+from .sources import open_source
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
                         "repeat it to send the same stream to several outputs")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--format", choices=FORMATS, default="jsonl")
-    p.add_argument("--period", type=float, default=1.0, help="seconds between frames (default 1; 0: as fast as possible)")
+    p.add_argument("--period", type=float, default=1.0,
+                   help="seconds between frames (default 1; 0: as fast as possible)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--duration", type=float, help="stop after S seconds")
     p.add_argument("--threads", type=int, help="interpreter threads (default: the core count)")
@@ -95,17 +102,12 @@ def status_line(msg: dict) -> str:
 
 def _thumbnails(sink):
     """A frame to a JPEG for the outputs that show pictures (MQTT, the dashboard); a serial line does not."""
-    from .thumbnail import is_image, jpeg
-
-    shows = [s for s in getattr(sink, "sinks", [sink]) if hasattr(s, "thumbnail")]
-    if not shows:
+    if not sink.shows_pictures:
         raise DeviceError("--thumbnail-every needs an output that shows pictures: an mqtt:// --port or --dashboard")
 
     def on_frame(frame) -> None:
-        if is_image(frame):  # a frame that is not an image is passed over
-            picture = jpeg(frame)
-            for s in shows:
-                s.thumbnail(picture)
+        if thumbnail.is_image(frame):  # a frame that is not an image is passed over
+            sink.thumbnail(thumbnail.jpeg(frame))
     return on_frame
 
 
@@ -119,14 +121,6 @@ def serve(args) -> int:
     interrupted = []
     sink = source = None
     try:
-        from . import app
-        from .preprocess import Preprocessor
-        from .notify import Notifier
-        from .protocol import Encoder, Hello
-        from .runtime import open_bundle
-        from .sinks import FanOut, open_sinks
-        from .sources import open_source
-
         check_args(args)
         checked = open_bundle(args.model, num_threads=args.threads)
         b, model = checked.bundle, checked.model
@@ -136,22 +130,17 @@ def serve(args) -> int:
         except ValueError as e:
             raise DeviceError(str(e)) from None
         if args.thumbnail_every > 0:
-            from .thumbnail import check_available
-
             if b.spec.kind != "image":
                 raise DeviceError(f"--thumbnail-every is for image models; this one is a {b.spec.kind} model")
-            check_available()
+            thumbnail.check_available()
         source = open_source(args.source, b.spec)
         facts = {"shape": list(b.spec.input.shape), "dtype": b.spec.input.dtype,
                  "layout": b.spec.input.preprocess.layout}
         hello_record = Hello(b.spec.labels, args.period, args.format, b.spec.tflite_sha256, facts)
         hello = encoder.encode(hello_record)
-        sink = open_sinks(args.port, baudrate=args.baud, hello=hello, hello_record=hello_record,
+        sink = open_sinks(args.port, dashboard=args.dashboard, baudrate=args.baud, hello=hello,
+                          hello_record=hello_record, stream_format=args.format,
                           log=lambda text: print(text, file=sys.stderr, flush=True))
-        if args.dashboard:
-            from .dashboard import DashboardSink
-
-            sink = FanOut([sink, DashboardSink(args.dashboard, hello_record)])
 
         def on_signal(sig, _frame):
             if sig == signal.SIGINT:

@@ -26,10 +26,6 @@ class Notifier:
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
-    @property
-    def active(self) -> bool:
-        return self._sock is not None
-
     def _send(self, text: str) -> None:
         if self._sock is None:
             return

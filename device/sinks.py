@@ -1,8 +1,9 @@
 """Where encoded messages go: a serial port (any pyserial URL or path), an MQTT broker, nowhere, or several.
 
-Every output is a ``Sink``: ``send`` (never blocks), ``flush``, ``check`` (raise when the
-output has died), ``close``, and ``drops`` / ``reconnects`` counters. ``FanOut`` feeds one
-stream to several sinks, so a network sink can be added without touching the loop.
+Every output is a ``Sink``: ``send`` (never blocks), ``thumbnail`` (a JPEG of the latest frame,
+for the outputs that show pictures), ``flush``, ``check`` (raise when the output has died),
+``close``, and ``drops`` / ``reconnects`` counters. ``FanOut`` feeds one stream to several sinks,
+so a network sink can be added without touching the loop.
 
 The classification loop never waits on the link. ``send`` appends to a bounded
 queue (the oldest message is dropped and counted when it is full); a writer
@@ -13,11 +14,17 @@ unplugged USB adapter, a closed pty) reopens it with backoff while the loop goes
 from __future__ import annotations
 
 import collections
+import socket
 import threading
 import time
 from typing import Callable, Protocol
 
+from contract.protocol import JsonlCodec
+from dashboard.fleet import Fleet
+from dashboard.server import Dashboard
+
 from . import DeviceError
+from .mqtt import MqttSink
 
 QUEUE_MESSAGES = 256
 BATCH_BYTES = 4096  # one write() carries up to this much
@@ -27,8 +34,11 @@ BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 class Sink(Protocol):
     drops: int  # messages given up on (a full queue, a link too slow)
     reconnects: int
+    shows_pictures: bool  # whether thumbnail() goes anywhere
 
     def send(self, data: bytes, record=None) -> None: ...  # the encoded form, and the record it encodes
+
+    def thumbnail(self, jpeg: bytes) -> None: ...  # the latest frame; dropped by outputs without pictures
 
     def flush(self, timeout: float = 2.0) -> bool: ...
 
@@ -44,8 +54,12 @@ class NullSink:
     """
 
     drops = reconnects = 0
+    shows_pictures = False
 
     def send(self, data: bytes, record=None) -> None:
+        pass
+
+    def thumbnail(self, jpeg: bytes) -> None:
         pass
 
     def check(self) -> None:
@@ -65,6 +79,8 @@ class SerialSink:
     receiver that joins late learns the labels. ``opener`` builds the port; it
     defaults to ``serial.serial_for_url`` and is passed in by tests.
     """
+
+    shows_pictures = False  # a serial line carries the stream only
 
     def __init__(self, url: str, baudrate: int = 115200, write_timeout: float = 0.5,
                  queue_messages: int = QUEUE_MESSAGES, hello: bytes = b"", opener: Callable | None = None):
@@ -88,7 +104,8 @@ class SerialSink:
             self.port = self._open()
             self._write(self.hello)
         except (serial.SerialException, OSError, ValueError) as e:
-            raise DeviceError(f"cannot open port {url} ({e}): check the path, the cable and the dialout group") from None
+            raise DeviceError(f"cannot open port {url} ({e}): check the path, the cable and the dialout "
+                              "group") from None
         self._thread = threading.Thread(target=self._run, name="serial-writer", daemon=True)
         self._thread.start()
 
@@ -101,6 +118,9 @@ class SerialSink:
             self.queue.append(data)
             if len(self.queue) == 1:  # the writer may be asleep on an empty queue
                 self._cond.notify()
+
+    def thumbnail(self, jpeg: bytes) -> None:
+        pass
 
     def _write(self, data: bytes) -> None:
         if data:
@@ -228,9 +248,17 @@ class FanOut:
     def reconnects(self) -> int:
         return sum(s.reconnects for s in self.sinks)
 
+    @property
+    def shows_pictures(self) -> bool:
+        return any(s.shows_pictures for s in self.sinks)
+
     def send(self, data: bytes, record=None) -> None:
         for s in self.sinks:
             s.send(data, record)
+
+    def thumbnail(self, jpeg: bytes) -> None:
+        for s in self.sinks:
+            s.thumbnail(jpeg)  # at any depth: a FanOut inside a FanOut passes it on
 
     def flush(self, timeout: float = 2.0) -> bool:
         end = time.monotonic() + timeout
@@ -245,25 +273,61 @@ class FanOut:
             s.close()
 
 
-def open_sink(url: str, hello_record=None, log=lambda *a: None, **kwargs) -> Sink:
+class DashboardSink:
+    """The dashboard served by the device itself (``--dashboard``): its own records, in process.
+
+    A Sink like the others; ``send`` updates the fleet of one under its lock (a few tens of
+    microseconds a frame), and the page reads it from the server's threads.
+    """
+
+    drops = reconnects = 0
+    shows_pictures = True
+
+    def __init__(self, address: str, hello=None, name: str | None = None):
+        self.codec = JsonlCodec(())
+        self.fleet = Fleet()
+        self.name = name or socket.gethostname() or "device"
+        self.board = Dashboard(self.fleet, address)
+        if hello is not None:
+            self.send(b"", hello)
+
+    def send(self, data: bytes, record=None) -> None:
+        if record is not None:
+            self.fleet.feed(self.name, self.codec.encode(record))
+
+    def thumbnail(self, jpeg: bytes) -> None:
+        self.fleet.thumbnail(self.name, jpeg)
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.board.close()
+
+
+def open_sink(url: str, hello_record=None, log=lambda *a: None, stream_format: str = "jsonl", **kwargs) -> Sink:
     """``null`` for no output, ``mqtt://`` or ``mqtts://`` for a broker, anything else a pyserial URL or path."""
     if url == "null":
         return NullSink()
     if url.startswith("null"):
         raise DeviceError(f"port {url!r}: null takes no options")
     if url.startswith(("mqtt:", "mqtts:")):
-        from .mqtt import MqttSink
-
-        return MqttSink(url, hello=hello_record, log=log)
+        return MqttSink(url, hello=hello_record, log=log, stream_format=stream_format)
     return SerialSink(url, **kwargs)
 
 
-def open_sinks(urls: list[str], **kwargs) -> Sink:
-    """One sink per URL; several become a FanOut. A failure closes the ones already open."""
+def open_sinks(urls: list[str], dashboard: str | None = None, **kwargs) -> Sink:
+    """One sink per URL, and the device's own dashboard when an address is given; several become one
+    FanOut. A failure closes the ones already open."""
     opened = []
     try:
         for url in urls:
             opened.append(open_sink(url, **kwargs))
+        if dashboard:
+            opened.append(DashboardSink(dashboard, kwargs.get("hello_record")))
     except BaseException:
         for s in opened:
             s.close()

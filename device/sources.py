@@ -15,28 +15,20 @@ from __future__ import annotations
 import collections
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from . import DeviceError, specs
-from .camera import FORMATS as CAMERA_FORMATS
-from .bundle import ModelSpec
+from contract import specs
+from contract.bundle import ModelSpec
+
+from . import DeviceError
+from .camera import FORMATS as CAMERA_FORMATS, Picamera2Source
+from .frames import CaptureError, Frame
 from .sinks import BACKOFF_S
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-
-@dataclass
-class Frame:
-    data: np.ndarray
-    truth: int | None = None  # the known class, when a replay file carries labels
-
-
-class CaptureError(Exception):
-    """One capture that failed (camera hiccup, quiet sensor); counted and skipped, never fatal."""
 
 
 class ReplaySource:
@@ -247,8 +239,6 @@ class SerialSensorSource:
 
 
 def _camera(target: str, spec: ModelSpec, format: str = "XRGB8888") -> object:
-    from .camera import Picamera2Source
-
     if spec.kind != "image":
         raise DeviceError("picamera2 needs an image model")
     _, h, w, c = spec.input.shape

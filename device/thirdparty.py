@@ -12,20 +12,25 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import DeviceError, atomic
-from .runner import run_cli
-from .bundle import ModelSpec, Preprocess, TensorSpec, sha256
-from .runtime import Model
+from contract import atomic
+from contract.bundle import ModelSpec, Preprocess, TensorSpec, sha256
+from contract.cli import run_cli
+from contract.runtime import Model
+
+from . import DeviceError
 
 
 def spec_for(model: bytes, labels: list[str], kind: str, mean=0.0, std=1.0, color: str | None = None) -> ModelSpec:
     m = Model(model, num_threads=1)
     if kind == "image":
-        pre = Preprocess(mean=mean, std=std, layout="NHWC", color=color or ("gray" if m.input.shape[-1] == 1 else "rgb"),
+        gray = m.input.shape[-1] == 1
+        pre = Preprocess(mean=mean, std=std, layout="NHWC", color=color or ("gray" if gray else "rgb"),
                          size=tuple(m.input.shape[1:3]))
     else:
         pre = Preprocess(mean=mean, std=std, layout="NWC", size=(m.input.shape[1],))
-    io = lambda t, p=None: TensorSpec(t.shape, t.dtype.name, t.scale, t.zero_point, p)  # noqa: E731
+
+    def io(t, p=None) -> TensorSpec:
+        return TensorSpec(t.shape, t.dtype.name, t.scale, t.zero_point, p)
     return ModelSpec(labels=tuple(labels), kind=kind, input=io(m.input, pre), output=io(m.output),
                      tflite_sha256=sha256(model))
 

@@ -6,6 +6,7 @@ is not an image (a sensor window) has no thumbnail.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 
 import numpy as np
@@ -14,15 +15,12 @@ from . import DeviceError
 
 MAX_SIDE = 160
 QUALITY = 70
-MAX_BYTES = 256 * 1024  # what a receiver accepts as a thumbnail
 
 
 def check_available() -> None:
-    try:
-        import PIL  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("PIL") is None:
         raise DeviceError("--thumbnail-every needs Pillow: pip install 'tinysense[images]' "
-                          "(or sudo apt install python3-pil)") from None
+                          "(or sudo apt install python3-pil)")
 
 
 def is_image(frame: np.ndarray) -> bool:
@@ -51,7 +49,3 @@ def jpeg(frame: np.ndarray, max_side: int = MAX_SIDE) -> bytes:
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=QUALITY)
     return out.getvalue()
-
-
-def looks_like_jpeg(data: bytes) -> bool:
-    return 4 < len(data) <= MAX_BYTES and data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"

@@ -1,7 +1,7 @@
 """tinysense firmware export: a full-int8 .tflite -> verified C sources for TensorFlow Lite Micro."""
 
 
-from device.errors import TinysenseError
+from contract.errors import TinysenseError
 
 
 class ExportError(TinysenseError):

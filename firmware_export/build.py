@@ -432,7 +432,8 @@ def probe(src_dir: Path, name: str, tree: Path, target: str, kernels: str | None
     _compile_link(tc, [str(source), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, elf,
                   _mcu_link_flags(tc, work, work / "probe.map"))
     nm = subprocess.run([tc.cxx.replace("g++", "nm"), str(elf)], capture_output=True, text=True, check=True).stdout
-    addr = {m.group(2): int(m.group(1), 16) & ~1 for m in re.finditer(r"^([0-9a-f]+) T (tinysense_insn_\w+)$", nm, re.M)}
+    marks = re.finditer(r"^([0-9a-f]+) T (tinysense_insn_\w+)$", nm, re.M)
+    addr = {m.group(2): int(m.group(1), 16) & ~1 for m in marks}
     log_file = work / "probe-plugin.log"
     plugin = ["-plugin", f"{_plugin()},begin={addr['tinysense_insn_begin']:#x},end={addr['tinysense_insn_end']:#x}",
               "-d", "plugin", "-D", str(log_file)]
@@ -446,5 +447,6 @@ def probe(src_dir: Path, name: str, tree: Path, target: str, kernels: str | None
                           f"{' / '.join(shown) or 'no output'}")
     counted = re.search(r"insn-count: (\d+) between (\d+) mark pairs", log_file.read_text()
                         if log_file.is_file() else "")
-    return {"target": plat.name, "kernels": tc.kernels, "arena_min_bytes": int(arena.group(1)), "self_test_at_min": f"{golden.group(1)} of {golden.group(2)}",
+    return {"target": plat.name, "kernels": tc.kernels, "arena_min_bytes": int(arena.group(1)),
+            "self_test_at_min": f"{golden.group(1)} of {golden.group(2)}",
             "instructions_per_inference": int(counted.group(1)) if counted and counted.group(2) == "1" else None}

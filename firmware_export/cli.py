@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from device.runner import run_cli
+from contract.cli import run_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,7 +20,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="a bundle folder (model.tflite + model.json) or a .tflite file")
     p.add_argument("--out", type=Path, required=True, help="folder for the sources")
     p.add_argument("--name", help="C name prefix (default: from the bundle folder or file name)")
-    p.add_argument("--target", help=f"board preset: {', '.join(f'{k} ({v.ram_kb} KiB RAM, {v.flash_kb} KiB flash)' for k, v in TARGETS.items())}")
+    presets = ", ".join(f"{k} ({v.ram_kb} KiB RAM, {v.flash_kb} KiB flash)" for k, v in TARGETS.items())
+    p.add_argument("--target", help=f"board preset: {presets}")
     p.add_argument("--flash-kb", type=int, help="flash budget in KiB (overrides the preset); the whole firmware "
                                                 "once a Cortex-M --build ran, else the model")
     p.add_argument("--ram-kb", type=int, help="RAM budget in KiB (overrides the preset); the whole firmware once a "
@@ -71,7 +72,7 @@ def _board_project(args) -> int:
     """--layout and --board: the export, laid out for the board's tool, built and flashed when it is here."""
     import tempfile
 
-    from device import atomic
+    from contract import atomic
 
     from . import ExportError, boards
     from .export import export
@@ -81,7 +82,9 @@ def _board_project(args) -> int:
                           f"{'|'.join(boards.BOARDS)}")
     b = boards.board(args.board)
     atomic.check_output_dir(args.out, args.force)
-    log = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
+
+    def log(*a) -> None:
+        print(*a, file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         result = export(args.model, Path(tmp) / "src", name=args.name, target=args.target or b.target,
                         flash_kb=args.flash_kb, ram_kb=args.ram_kb, compile_check=not args.no_compile,

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from device import atomic
-from device import bundle as bundle_mod
-from device.bundle import sha256
-from device.preprocess import Preprocessor
-from device.quant import quantize
-from device.runtime import Model, open_bundle
+from contract import atomic, tflite
+from contract import bundle as bundle_mod
+from contract.bundle import sha256
+from contract.preprocess import Preprocessor
+from contract.quant import quantize
+from contract.runtime import Model, open_bundle
 
-from . import ExportError, compile as cc, flatbuffer, generate, tflm
+from . import ExportError, compile as cc, generate, tflm
 
 ARENA_MARGIN_PERCENT = 5.0
 MEASURED_MARGIN_PERCENT = 1.0  # over the smallest arena measured on the target itself
@@ -73,27 +73,29 @@ def read_source(path: Path) -> Source:
     return Source(data, path, None)
 
 
-def preflight(model: bytes) -> flatbuffer.ModelInfo:
+def preflight(model: bytes) -> tflite.ModelInfo:
     """Refuse what TFLM int8 firmware cannot take, naming what was found and what to do."""
-    info = flatbuffer.read(model)
+    info = tflite.read(model)
     rebuild = "rebuild with the int8 variant (python -m build_model --variants int8)"
     if info.custom_ops:
         flex = [o for o in info.custom_ops if o.startswith("Flex")]
         kind = "select-TF" if flex else "custom"
-        raise ExportError(f"the model uses {kind} operators {', '.join(info.custom_ops)} that TFLM cannot run: {rebuild}")
+        raise ExportError(f"the model uses {kind} operators {', '.join(info.custom_ops)} that TFLM cannot run: "
+                          f"{rebuild}")
     if "FLOAT16" in {t for op in info.ops for t in op.input_types}:
         raise ExportError(f"this is a float16 model (float16 weights, float compute): {rebuild}")
     if info.float_ops:
         io = set(info.input_types + info.output_types)
         what = "a dynamic-range model (int8 weights, float activations)" if any(
             "INT8" in op.input_types for op in info.ops if op.is_float) else "a float model"
-        if io & flatbuffer.FLOAT_TYPES and not (io - flatbuffer.FLOAT_TYPES) and what == "a float model":
+        if io & tflite.FLOAT_TYPES and not (io - tflite.FLOAT_TYPES) and what == "a float model":
             what = "a float model (float input and output)"
         raise ExportError(f"this is {what}: float operators {', '.join(info.float_ops)}; {rebuild}")
     return info
 
 
-def _inputs(src: Source, micro: tflm.MicroModel, count: int, inputs: Path | None = None) -> tuple[np.ndarray, list[int]]:
+def _inputs(src: Source, micro: tflm.MicroModel, count: int,
+            inputs: Path | None = None) -> tuple[np.ndarray, list[int]]:
     """Quantized inputs: ``inputs`` when given, else the bundle's test set, else seeded random values.
 
     An ``inputs`` file holds ``x`` (and optionally ``y``): integers in the model's input type are
@@ -138,7 +140,7 @@ def _golden_pick(truth: list[int], k: int) -> list[int]:
     return picked or list(range(min(k, len(truth))))
 
 
-def per_op_divergence(model: bytes, info: flatbuffer.ModelInfo, xs: np.ndarray) -> list[dict]:
+def per_op_divergence(model: bytes, info: tflite.ModelInfo, xs: np.ndarray) -> list[dict]:
     """Where TFLM and LiteRT's reference kernels part: each operator whose output differs, and by how much.
 
     Both interpreters keep every intermediate tensor, so a difference at the output can
@@ -167,7 +169,8 @@ def parity(model: bytes, micro: tflm.MicroModel, xs: np.ndarray) -> dict:
     f_out = np.stack([fast.run(x) for x in xs]).astype(np.int32)
 
     def compare(a, b):
-        flat = lambda o: o.reshape(len(o), -1)  # noqa: E731
+        def flat(o):
+            return o.reshape(len(o), -1)
         return {"top1_agreement": round(float(np.mean(flat(a).argmax(1) == flat(b).argmax(1))), 6),
                 "max_step_diff": int(np.abs(a - b).max())}
     return {"samples": int(len(xs)), "tflm_vs_litert_reference": compare(m_out, r_out),
@@ -215,13 +218,16 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
     # a bundle says it is a classifier; a bare .tflite is one when it ends in SOFTMAX
     is_classifier = spec is not None or (bool(info.ops) and info.ops[-1].name == "SOFTMAX")
     pre = spec.input.preprocess if spec else None
-    as_tuple = lambda v: tuple(v) if isinstance(v, tuple) else (v,)  # noqa: E731
+
+    def as_tuple(v) -> tuple:
+        return tuple(v) if isinstance(v, tuple) else (v,)
     cfg = generate.Config(
         arena_bytes=arena, arena_recorded=recorded, margin_percent=margin_percent,
         input_shape=m_in.shape, input_dtype=m_in.dtype.name, input_scale=m_in.scale,
         input_zero_point=m_in.zero_point, output_shape=m_out.shape, output_dtype=m_out.dtype.name,
         output_scale=m_out.scale, output_zero_point=m_out.zero_point,
-        labels=labels, is_classifier=is_classifier, mean=as_tuple(pre.mean) if pre else (0.0,), std=as_tuple(pre.std) if pre else (1.0,))
+        labels=labels, is_classifier=is_classifier, mean=as_tuple(pre.mean) if pre else (0.0,),
+        std=as_tuple(pre.std) if pre else (1.0,))
     digest = sha256(src.model)
     source_name = src.path.name if not src.bundle else f"{src.path.name}/model.tflite"
     files = {
@@ -297,7 +303,8 @@ def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, repo
             insns = probes[t]["instructions_per_inference"]
             plat = builder.platform(t)
             board, clock = plat.board
-            if target_board is not None and target_board.cpu == t and not target_board.stands_in:  # the --target board's own clock
+            # the --target board's own clock, when its core is this one
+            if target_board is not None and target_board.cpu == t and not target_board.stands_in:
                 board, clock = target_board.note, target_board.clock_mhz * 1_000_000
             if insns:
                 result["latency_estimate"] = builder.latency_estimate(insns, board, clock)

@@ -11,7 +11,7 @@ from string import Template
 import numpy as np
 
 from . import ExportError
-from .flatbuffer import resolver_method
+from .resolver import resolver_method
 
 C_KEYWORDS = set("""alignas alignof and asm auto bool break case catch char class const constexpr continue
 decltype default delete do double else enum explicit export extern false float for friend goto if inline int
@@ -113,10 +113,10 @@ def _size(shape) -> int:
 
 
 def _arena_comment(cfg: Config) -> str:
-    how = cfg.arena_how or (f"Measured in the TFLM interpreter on a 64-bit host: {cfg.arena_recorded} bytes recorded, "
-                            f"plus {cfg.margin_percent:g}% margin, rounded up to 16. Not measured on a 32-bit MCU, which "
-                            "usually needs less but not always: export with --tflm-tree and --build "
-                            "cortex-m4 to measure it there.")
+    how = cfg.arena_how or (f"Measured in the TFLM interpreter on a 64-bit host: {cfg.arena_recorded} bytes "
+                            f"recorded, plus {cfg.margin_percent:g}% margin, rounded up to 16. Not measured on a "
+                            "32-bit MCU, which usually needs less but not always: export with --tflm-tree and "
+                            "--build cortex-m4 to measure it there.")
     words, lines = how.split(), [""]
     for w in words:  # wrapped to 100 columns, each line a comment of printable ASCII
         if len(lines[-1]) + len(w) + 1 > 96:
@@ -131,7 +131,8 @@ def model_config(name: str, cfg: Config, source: str) -> dict[str, str]:
             raise ExportError(f"tensor type {dtype} has no C type here")
     text = _template("model_config.h.tmpl").substitute(
         name=name, guard=name.upper(), source=_comment(source), arena_bytes=cfg.arena_bytes,
-        arena_bytes_64=cfg.arena_bytes_64 or cfg.arena_bytes, arena_how=_arena_comment(cfg), input_ctype=CTYPES[cfg.input_dtype],
+        arena_bytes_64=cfg.arena_bytes_64 or cfg.arena_bytes, arena_how=_arena_comment(cfg),
+        input_ctype=CTYPES[cfg.input_dtype],
         input_dims=len(cfg.input_shape), input_shape=", ".join(map(str, cfg.input_shape)),
         input_size=_size(cfg.input_shape), input_scale=_c_float(cfg.input_scale),
         input_zero_point=cfg.input_zero_point, output_ctype=CTYPES[cfg.output_dtype],
@@ -148,7 +149,8 @@ def golden(name: str, inputs: np.ndarray, outputs: np.ndarray, truth: list[int],
     def rows(arr):
         return "\n".join("  {" + ", ".join(str(int(v)) for v in row.reshape(-1)) + "}," for row in arr)
     text = _template("golden.h.tmpl").substitute(
-        name=name, guard=name.upper(), source=_comment(source), count=len(inputs), inputs=rows(inputs), outputs=rows(outputs),
+        name=name, guard=name.upper(), source=_comment(source), count=len(inputs), inputs=rows(inputs),
+        outputs=rows(outputs),
         truth=", ".join(str(t) for t in truth))
     return {f"{name}_golden.h": text}
 

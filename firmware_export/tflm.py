@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from device.runtime import TensorInfo
+from contract.runtime import TensorInfo
 
 from . import ExportError
-from device.capture import captured
+from contract.capture import captured
 
 # Generous first try; the recorded figure, not this, is what gets reported.
 PROBE_ARENA_BYTES = 8 * 1024 * 1024
@@ -166,7 +166,8 @@ def smallest_arena(model: bytes, sample: np.ndarray, start: int, limit: int = PR
     def works(size: int) -> bool:  # each probe in a child: too small an arena can crash the package
         return _in_child(str(Path(tmp.name) / "m.tflite"), size, str(Path(tmp.name) / "x.npy"))[0]
 
-    step = lambda n: -(-n // 16) * 16  # noqa: E731
+    def step(n: int) -> int:  # up to a multiple of 16
+        return -(-n // 16) * 16
     hi = step(max(start, 16))
     lo = 0
     while not works(hi):

@@ -80,7 +80,7 @@ class Mosquitto:
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto did not start: {self.proc.stderr.read().decode()[-500:]}")
+                    raise RuntimeError(f"mosquitto did not start: {self.proc.stderr.read().decode()[-500:]}") from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not listen within 10 s")
 

@@ -7,9 +7,9 @@ import pytest
 
 from build_model.cli import main
 from build_model.quantize import VARIANTS
-from device import bundle
-from device.runtime import Model
-from firmware_export.flatbuffer import read
+from contract import bundle
+from contract.runtime import Model
+from contract.tflite import read
 
 
 def test_bundle_contract_matches_the_tflite(digits_bundle):

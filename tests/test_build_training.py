@@ -11,7 +11,7 @@ import pytest
 
 from build_model import BuildError, UsageError, archs, datasets
 from build_model.cli import main
-from device.preprocess import fit_length
+from contract.preprocess import fit_length
 
 
 def _ids(split):
@@ -137,8 +137,8 @@ def test_every_arch_is_full_int8_qat_able_and_runs_in_tflm(name):
     """Tiny seeded inputs: each arch converts to full int8 (plain and QAT) and runs in LiteRT and TFLM."""
     from build_model import calibration, quantize
     from build_model.training import TrainConfig, seed_everything
-    from device.runtime import Model
-    from firmware_export.flatbuffer import read
+    from contract.runtime import Model
+    from contract.tflite import read
     from firmware_export.tflm import can_run
 
     arch = archs.ARCHS[name]
@@ -191,7 +191,7 @@ def _model_through_every_variant(tmp_path, dataset: str, model_path: str) -> dic
 @pytest.mark.slow
 def test_lstm_goes_through_every_variant(tmp_path, sequences):
     from build_model.tf import keras
-    from firmware_export.flatbuffer import read
+    from contract.tflite import read
 
     L = keras.layers
     m = keras.Sequential([L.Input((20, 3)), L.LSTM(8), L.Dense(2, activation="softmax")])
@@ -246,7 +246,7 @@ def test_small_depthwise_image_model_goes_through_every_variant(tmp_path):
 def test_transfer_learning_at_the_backbone_input_size(tmp_path):
     """A MobileNetV2 backbone given with --model: frozen, then fine-tuned, digits resized to 32 x 32 RGB."""
     from build_model.tf import keras
-    from device import bundle
+    from contract import bundle
 
     base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None,
                                           pooling="avg")

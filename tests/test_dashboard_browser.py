@@ -1,5 +1,5 @@
 """The dashboard in a real browser: Debian's headless Chromium, driven by Selenium through chromedriver,
-loads the page that `device.monitor --http` serves while a live device streams over a pty."""
+loads the page that `python -m monitor --http` serves while a live device streams over a pty."""
 
 from __future__ import annotations
 
@@ -30,12 +30,14 @@ def chromium(tmp_path):
 
 def open_page(browser, url: str, timeout: float = 30.0) -> None:
     """Load the page once the server listens (the monitor or device needs a moment to start)."""
+    from selenium.common.exceptions import WebDriverException
+
     end = time.monotonic() + timeout
     while True:
         try:
             browser.get(url)
             return
-        except Exception:  # noqa: BLE001 - connection refused until it listens
+        except WebDriverException:  # connection refused until it listens
             if time.monotonic() > end:
                 raise
             time.sleep(0.3)
@@ -51,7 +53,7 @@ def test_the_dashboard_updates_live_in_headless_chromium(digits_bundle, tmp_path
                             f"replay:{digits_bundle / 'testset.npz'}?loop=1", "--port", str(tmp_path / "app"),
                             "--period", "0.05", "--duration", "90", "--quiet-status"], cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mon = subprocess.Popen([sys.executable, "-m", "device.monitor", str(tmp_path / "host"), "--http",
+    mon = subprocess.Popen([sys.executable, "-m", "monitor", str(tmp_path / "host"), "--http",
                             f"127.0.0.1:{port}", "-q", "--duration", "90"], cwd=ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     browser = None

@@ -194,8 +194,8 @@ def read_predictions(path: Path, seconds: float) -> list[dict]:
 
 def test_deploy_over_ssh_runs_is_idempotent_updates_and_removes(sshd, digits_bundle, tmp_path):
     from brokers import Mosquitto
-    from device.monitor import Fleet
-    from device.mqtt import Subscriber
+    from dashboard.fleet import Fleet
+    from monitor.subscriber import Subscriber
 
     home = tmp_path / "pi-home"
     home.mkdir()

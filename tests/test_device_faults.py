@@ -18,12 +18,14 @@ import pytest
 import serial
 
 from conftest import ROOT, start_socat
-from device import DeviceError, app, bundle
-from device.bundle import ModelSpec
-from device.monitor import Monitor
-from device.preprocess import Preprocessor
-from device.protocol import MAX_TOPK, Decoder, Encoder
-from device.runtime import Model
+from contract import ContractError, bundle
+from device import DeviceError, app
+from contract.bundle import ModelSpec
+from dashboard.fleet import Monitor
+from monitor.terminal import render
+from contract.preprocess import Preprocessor
+from contract.protocol import MAX_TOPK, Decoder, Encoder
+from contract.runtime import Model
 from device.sinks import SerialSink
 from device.sources import CaptureError, ReplaySource, open_source
 
@@ -95,8 +97,8 @@ def test_a_flood_of_lines_does_not_starve_frames():
     src.max_wait = 1.0
     # pyserial's loop:// holds 4,096 bytes and, without a write timeout, blocks a writer for good once
     # it is full: the pourer would never see stop and the join below would hang the suite
-    src.port.write_timeout = 0.05
     src.port.write(b"1,2,3\n" * 600)  # 3,600 bytes: far more than one read takes
+    src.port.write_timeout = 0.5  # loop:// also refuses a write that would take longer at the baud rate
     stop = threading.Event()
     poured = []
 
@@ -184,7 +186,7 @@ def _edit(digits_bundle, tmp_path, change):
 ])
 def test_bad_model_json_values_are_refused(digits_bundle, tmp_path, change, words):
     b = _edit(digits_bundle, tmp_path, change)
-    with pytest.raises(DeviceError, match=words):
+    with pytest.raises(ContractError, match=words):
         bundle.load(b)
 
 
@@ -205,7 +207,7 @@ def test_bad_model_json_is_one_line_from_the_cli(digits_bundle, tmp_path):
 def test_oversized_model_json_is_refused(digits_bundle, tmp_path):
     b = shutil.copytree(digits_bundle, tmp_path / "b")
     (b / "model.json").write_text(" " * (bundle.MAX_JSON_BYTES + 1))
-    with pytest.raises(DeviceError, match="more than the"):
+    with pytest.raises(ContractError, match="more than the"):
         bundle.load(b)
 
 
@@ -265,7 +267,7 @@ def test_monitor_survives_a_bit_flip_fuzz(fmt):
         for i in range(0, len(damaged), 97):  # in odd chunks, as a port delivers them
             m.feed(bytes(damaged[i:i + 97]))
         m.summary()
-        m.render()
+        render(m)
         assert m.predictions + m.skips <= 40 + m.errors
 
 
@@ -390,7 +392,7 @@ def test_systemd_watchdog_pings_over_notify_socket(digits_bundle, tmp_path):
     ("replay:", "needs a path"),
 ])
 def test_source_specs_refuse_what_they_do_not_understand(digits_bundle, text, words):
-    with pytest.raises(DeviceError, match=words):
+    with pytest.raises(ContractError, match=words):
         open_source(text, bundle.load(digits_bundle).spec)
 
 
@@ -438,12 +440,12 @@ def test_null_sink_counts_nothing_it_did_not_do():
 
 def test_one_gate_for_every_side(digits_bundle, tmp_path):
     """device, firmware_export and build_model all open a bundle through runtime.open_bundle."""
-    from device.runtime import open_bundle
+    from contract.runtime import open_bundle
     from firmware_export.export import read_source
 
     checked = open_bundle(digits_bundle, num_threads=1)
     assert checked.spec.labels == tuple(str(i) for i in range(10)) and checked.model.input.dtype == np.int8
     b = _edit(digits_bundle, tmp_path, lambda d: d["input"].update(zero_point=d["input"]["zero_point"] + 1))
     for opener in (lambda p: open_bundle(p), read_source):
-        with pytest.raises(DeviceError, match="zero point"):
+        with pytest.raises(ContractError, match="zero point"):
             opener(b)

@@ -10,7 +10,7 @@ import pytest
 import serial
 
 from conftest import ROOT, start_socat
-from device.protocol import Decoder
+from contract.protocol import Decoder
 
 
 def device_cmd(bundle, port, *extra, loop=False):
@@ -33,7 +33,7 @@ def summary_of(stderr: str) -> dict:
 def test_app_to_monitor_cli_over_a_pty(digits_bundle, tmp_path):
     socat = start_socat(tmp_path)
     try:
-        mon = subprocess.Popen([sys.executable, "-m", "device.monitor", str(tmp_path / "host"), "--format", "binary",
+        mon = subprocess.Popen([sys.executable, "-m", "monitor", str(tmp_path / "host"), "--format", "binary",
                                 "--max-messages", "269", "--duration", "60", "--json", "-q"],
                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
         time.sleep(0.5)
@@ -118,7 +118,7 @@ def test_serial_sensor_source_over_a_pty(tmp_path):
     """A sensor sending CSV lines, one per sample, into a sliding window; bad lines counted."""
     import numpy as np
 
-    from device.bundle import ModelSpec
+    from contract.bundle import ModelSpec
     from device.sources import open_source
 
     spec = ModelSpec.from_dict({

@@ -7,10 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from device import DeviceError, app, bundle, camera
-from device.preprocess import FrameError, Preprocessor
-from device.protocol import Decoder, Encoder
-from device.runtime import Model
+from contract import ContractError, bundle
+from device import DeviceError, app, camera
+from contract.preprocess import FrameError, Preprocessor
+from contract.protocol import Decoder, Encoder
+from contract.runtime import Model
 from device.sinks import NullSink, SerialSink
 from device.sources import Frame, open_source
 
@@ -27,26 +28,26 @@ def edit_json(path, change):
 
 
 def test_bundle_errors_are_one_clear_line(digits_bundle, tmp_path):
-    with pytest.raises(DeviceError, match="does not exist"):
+    with pytest.raises(ContractError, match="does not exist"):
         bundle.load(tmp_path / "nope")
     b = copy_bundle(digits_bundle, tmp_path / "b")
     (b / "model.tflite").write_bytes((b / "model.tflite").read_bytes() + b"x")
-    with pytest.raises(DeviceError, match="sha256"):
+    with pytest.raises(ContractError, match="sha256"):
         bundle.load(b)
     (b / "model.tflite").unlink()
-    with pytest.raises(DeviceError, match="model.tflite is missing"):
+    with pytest.raises(ContractError, match="model.tflite is missing"):
         bundle.load(b)
 
 
 def test_model_json_rejects_unknown_keys_and_mismatches(digits_bundle, tmp_path):
     b = copy_bundle(digits_bundle, tmp_path / "b")
     edit_json(b, lambda d: d["input"].update(scael=1.0))
-    with pytest.raises(DeviceError, match="unknown key.*scael"):
+    with pytest.raises(ContractError, match="unknown key.*scael"):
         bundle.load(b)
     b2 = copy_bundle(digits_bundle, tmp_path / "b2")
     edit_json(b2, lambda d: d["input"].update(zero_point=d["input"]["zero_point"] + 1))
     loaded = bundle.load(b2)
-    with pytest.raises(DeviceError, match="zero point"):
+    with pytest.raises(ContractError, match="zero point"):
         Model(loaded.model).check(loaded.spec)
 
 
@@ -57,7 +58,7 @@ def test_float_model_is_refused(digits_bundle, tmp_path):
     edit_json(b, lambda d: (d["input"].update(dtype="float32", scale=0.0, zero_point=0),
                             d["output"].update(dtype="float32", scale=0.0, zero_point=0),
                             d.update(tflite_sha256=bundle.sha256(data))))
-    with pytest.raises(DeviceError, match="rebuild with the int8 variant"):
+    with pytest.raises(ContractError, match="rebuild with the int8 variant"):
         bundle.load(b)
 
 
@@ -145,7 +146,7 @@ def test_camera_source_delivers_rgb_from_an_injected_camera():
 
 def test_unknown_source_and_bad_replay(digits_bundle, tmp_path):
     spec = bundle.load(digits_bundle).spec
-    with pytest.raises(DeviceError, match="unknown source"):
+    with pytest.raises(ContractError, match="unknown source"):
         open_source("webcam:0", spec)
     with pytest.raises(DeviceError, match="does not exist"):
         open_source(f"replay:{tmp_path / 'x.npz'}", spec)

@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT, require_tool
 from firmware_export import ExportError, generate
 from firmware_export.export import arena_size, export
-from firmware_export.flatbuffer import read, resolver_method
+from contract.tflite import read
+from firmware_export.resolver import resolver_method
 from firmware_export import tflm
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -18,8 +18,8 @@ import pytest
 
 from brokers import Mosquitto
 from conftest import ROOT, start_socat
-from device import DeviceError
-from device.monitor import Fleet
+from contract import ContractError
+from dashboard.fleet import Fleet
 
 paho = pytest.importorskip("paho.mqtt.client")
 
@@ -70,7 +70,7 @@ class Listener:
     """A Fleet fed by the monitor's own Subscriber."""
 
     def __init__(self, url, session=None):
-        from device.mqtt import Subscriber
+        from monitor.subscriber import Subscriber
 
         self.fleet = Fleet()
         self.sub = Subscriber(url, self.fleet.message, session=session)
@@ -92,7 +92,7 @@ def broker(tmp_path):
 
 
 def test_broker_urls_are_parsed_strictly():
-    from device.mqtt import parse
+    from contract.mqtt import parse
 
     good = parse("mqtt://127.0.0.1:1884/site/a?device=pi-1&qos=0&queue=50")
     assert (good.host, good.port, good.path, good.options["qos"], good.options["queue"]) == \
@@ -105,7 +105,7 @@ def test_broker_urls_are_parsed_strictly():
                        ("mqtt://host/x?device=a/b", "device='a/b' must be"),
                        ("mqtt://host/x?colour=red", "has no option 'colour'"),
                        ("mqtt://host/x?ca=ca.pem", "ca= is for TLS"), ("http://host/x", "use mqtt://")]:
-        with pytest.raises(DeviceError, match=re.escape(words)):
+        with pytest.raises(ContractError, match=re.escape(words)):
             parse(url)
 
 
@@ -186,7 +186,7 @@ def test_a_broker_restart_loses_nothing_within_the_queue_and_gaps_equal_drops_be
 
 
 def test_ten_devices_appear_and_a_killed_one_goes_offline_by_its_last_will(digits_bundle, broker, tmp_path):
-    from device.dashboard import Dashboard
+    from dashboard.server import Dashboard
     import urllib.request
 
     listen = Listener(f"{broker.url}/fleet/+")
@@ -266,13 +266,15 @@ def test_payloads_that_are_not_ours_are_counted_never_a_crash(broker):
     c = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2)
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
-    for topic, payload in [("mixed/x/prediction", b"\xff\xfe not json"), ("mixed/x/prediction", b'{"type":"prediction"}'),
+    for topic, payload in [("mixed/x/prediction", b"\xff\xfe not json"),
+                           ("mixed/x/prediction", b'{"type":"prediction"}'),
                            ("mixed/x/temperature", b"21.5"), ("mixed/x/status", b'{"type":"status","state":"maybe"}'),
-                           ("mixed/x/prediction", b'{"type":"prediction","seq":0,"t":1,"label":"a","score":NaN,"topk":[]}'),
+                           ("mixed/x/prediction",
+                            b'{"type":"prediction","seq":0,"t":1,"label":"a","score":NaN,"topk":[]}'),
                            ("mixed/x/prediction", b'{"type":"hello","labels":["a"]}')]:
         c.publish(topic, payload, qos=1).wait_for_publish(5)
     wait_for(lambda: listen.fleet.foreign >= 5, what="the foreign messages counted")
-    from device.dashboard import Dashboard
+    from dashboard.server import Dashboard
     board = Dashboard(listen.fleet, "127.0.0.1:0")
     import urllib.request
     state = json.loads(urllib.request.urlopen(f"http://{board.address}/state", timeout=5).read())  # NaN -> null
@@ -283,7 +285,7 @@ def test_payloads_that_are_not_ours_are_counted_never_a_crash(broker):
 
 
 def test_the_monitor_cli_reads_mqtt_per_device(digits_bundle, broker):
-    mon = subprocess.Popen([sys.executable, "-m", "device.monitor", f"{broker.url}/cli/+", "--json", "--duration", "25",
+    mon = subprocess.Popen([sys.executable, "-m", "monitor", f"{broker.url}/cli/+", "--json", "--duration", "25",
                             "--max-messages", "60"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     wait_for_line(mon.stderr, "monitor: subscribed to cli/+", timeout=20)  # predictions are not retained
@@ -295,7 +297,7 @@ def test_the_monitor_cli_reads_mqtt_per_device(digits_bundle, broker):
     report = json.loads(out)
     assert sorted(report["devices"]) == ["a", "b"]
     assert all(d["predictions"] == 30 and d["gaps"] == 0 for d in report["devices"].values())
-    r = subprocess.run([sys.executable, "-m", "device.monitor", "mqtt://127.0.0.1/"], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "monitor", "mqtt://127.0.0.1/"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 1 and "needs a topic prefix" in r.stderr and "Traceback" not in r.stderr
 
@@ -304,7 +306,8 @@ def test_thumbnails_go_to_mqtt_retained_and_bad_ones_are_not_ours(digits_bundle,
     from PIL import Image
     import io
 
-    from device.thumbnail import jpeg, looks_like_jpeg
+    from contract.protocol import looks_like_jpeg
+    from device.thumbnail import jpeg
 
     small = jpeg(np.linspace(0, 16, 64, dtype=np.float32).reshape(8, 8, 1))  # a digit's 8x8 frame
     assert looks_like_jpeg(small) and Image.open(io.BytesIO(small)).size == (160, 160)

@@ -5,7 +5,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from device.protocol import Decoder, Encoder, cobs_decode, cobs_encode
+from contract.protocol import Decoder, Encoder, cobs_decode, cobs_encode
 
 LABELS = ["walk", "run", "sit"]
 
@@ -78,7 +78,7 @@ def test_decoder_resynchronises_after_garbage_and_truncation(fmt, garbage, seed)
 
 def test_overlong_garbage_without_delimiter_is_dropped():
     dec = Decoder("binary", LABELS)
-    from device.protocol import MAX_FRAME
+    from contract.protocol import MAX_FRAME
 
     dec.feed(b"\x07" * (MAX_FRAME + 1000))
     assert dec.errors == 1

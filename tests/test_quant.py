@@ -1,7 +1,7 @@
 import numpy as np
 from hypothesis import given, strategies as st
 
-from device.quant import dequantize, quantize
+from contract.quant import dequantize, quantize
 
 
 def test_quantize_clips_instead_of_wrapping():

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from firmware_export.flatbuffer import _names, _schema, resolver_method
+from contract.tflite import _names, _schema
+from firmware_export.resolver import resolver_method
 
 from conftest import ROOT
 

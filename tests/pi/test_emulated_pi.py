@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from device.protocol import Decoder
+from contract.protocol import Decoder
 
 pytestmark = [pytest.mark.skipif(not os.environ.get("TINYSENSE_PI_TEST"),
                                  reason="the emulated Pi takes minutes: 'make pi-test' runs it"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qsl
 
-from . import DeviceError
+from .errors import ContractError
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -64,22 +64,22 @@ class Spec:
 
 
 def parse(text: str, schemes: dict[str, Scheme], what: str = "source") -> Spec:
-    """Split and check ``text``; DeviceError with one line for anything not understood."""
+    """Split and check ``text``; ContractError with one line for anything not understood."""
     name, _, rest = text.partition(":")
     target, _, query = rest.partition("?")
     scheme = schemes.get(name)
     if scheme is None:
-        raise DeviceError(f"unknown {what} {text!r}: use {', '.join(s.usage or s.name for s in schemes.values())}")
+        raise ContractError(f"unknown {what} {text!r}: use {', '.join(s.usage or s.name for s in schemes.values())}")
     if scheme.needs_target and not target:
-        raise DeviceError(f"{what} {name} needs a path: {scheme.usage}")
+        raise ContractError(f"{what} {name} needs a path: {scheme.usage}")
     options = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         convert = scheme.options.get(key)
         if convert is None:
             known = ", ".join(scheme.options) or "none"
-            raise DeviceError(f"{what} {name} has no option {key!r} (its options: {known})")
+            raise ContractError(f"{what} {name} has no option {key!r} (its options: {known})")
         try:
             options[key] = convert(value)
         except ValueError as e:
-            raise DeviceError(f"{what} {name}: {key}={value!r} must be {e}") from None
+            raise ContractError(f"{what} {name}: {key}={value!r} must be {e}") from None
     return Spec(name, target, options)

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from . import DeviceError
+from .errors import ContractError
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -30,16 +30,17 @@ def check_output_dir(out: Path, force: bool) -> None:
     """Refuse a non-empty folder without --force and a parent we cannot write into; create missing parents."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DeviceError(f"{out} exists and is not a folder: choose another --out")
+        raise ContractError(f"{out} exists and is not a folder: choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise DeviceError(f"{out} exists and is not empty: pass --force to replace it, or choose another --out")
+        raise ContractError(f"{out} exists and is not empty: pass --force to replace it, or choose another --out")
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DeviceError(f"cannot write {out}: cannot create {parent} ({e.strerror}); choose another --out") from None
+        raise ContractError(f"cannot write {out}: cannot create {parent} ({e.strerror}); "
+                            "choose another --out") from None
     if not os.access(parent, os.W_OK):
-        raise DeviceError(f"cannot write {out}: {parent} is not writable; choose another --out")
+        raise ContractError(f"cannot write {out}: {parent} is not writable; choose another --out")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """A live classification dashboard over HTTP, fed by a monitor's Fleet: no CDN, no internet, stdlib only.
 
-``GET /`` the page (device/web/: HTML, CSS and JavaScript that ship in the package), ``GET /state``
-the fleet as JSON, ``GET /thumbnail/DEVICE.jpg`` a device's latest frame when it sends one, ``GET /events`` the same as server-sent events, pushed four times a second).
+``GET /`` the page (dashboard/web/: HTML, CSS and JavaScript that ship in the package), ``GET /state``
+the fleet as JSON, ``GET /thumbnail/DEVICE.jpg`` a device's latest frame when it sends one,
+``GET /events`` the same as server-sent events, pushed four times a second.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
-from . import DeviceError
+from . import DashboardError
 
 PUSH_S = 0.25  # how often a stream sends the fleet
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -21,12 +22,12 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js",
 def parse_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise DeviceError(f"--http {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080 (0.0.0.0:8080 for every interface)")
+        raise DashboardError(f"--http {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080 (0.0.0.0:8080 for every interface)")
     return host.strip("[]"), int(port)
 
 
 def _static(name: str) -> bytes:
-    return resources.files("device").joinpath("web", name).read_bytes()
+    return resources.files("dashboard").joinpath("web", name).read_bytes()
 
 
 def _finite(value):
@@ -52,7 +53,7 @@ class Dashboard:
         try:
             self.server = ThreadingHTTPServer((host, port), handler)
         except OSError as e:
-            raise DeviceError(f"cannot serve the dashboard on {address} ({e.strerror}): choose another --http "
+            raise DashboardError(f"cannot serve the dashboard on {address} ({e.strerror}): choose another --http "
                               "address or port") from None
         self.server.daemon_threads = True
         self.address = f"{host}:{self.server.server_address[1]}"
@@ -84,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):  # http.server's name for it
         path = self.path.split("?", 1)[0]
         if path in self.board.pages:
             self._send(*self.board.pages[path])
@@ -116,42 +117,3 @@ class _Handler(BaseHTTPRequestHandler):
                 self.board.closing.wait(PUSH_S)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the page went away
-
-
-class DashboardSink:
-    """The dashboard served by the device itself (``--dashboard``): its own records, in process.
-
-    A Sink like the others; ``send`` updates the fleet of one under its lock (a few tens of
-    microseconds a frame), and the page reads it from the server's threads.
-    """
-
-    drops = reconnects = 0
-
-    def __init__(self, address: str, hello=None, name: str | None = None):
-        import socket
-
-        from .monitor import Fleet
-        from .protocol import JsonlCodec
-
-        self.codec = JsonlCodec(())
-        self.fleet = Fleet()
-        self.name = name or socket.gethostname() or "device"
-        self.board = Dashboard(self.fleet, address)
-        if hello is not None:
-            self.send(b"", hello)
-
-    def send(self, data: bytes, record=None) -> None:
-        if record is not None:
-            self.fleet.feed(self.name, self.codec.encode(record))
-
-    def thumbnail(self, jpeg: bytes) -> None:
-        self.fleet.thumbnail(self.name, jpeg)
-
-    def flush(self, timeout: float = 0.0) -> bool:
-        return True
-
-    def check(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.board.close()

@@ -1,4 +1,4 @@
-"""``python -m device.demo BUNDLE``: the app on the replayed test set, streaming through a real
+"""``python -m monitor.demo BUNDLE``: the app on the replayed test set, streaming through a real
 pseudo terminal to the monitor on the other end; prints what the monitor saw.
 """
 
@@ -15,13 +15,16 @@ import threading
 import tty
 from pathlib import Path
 
-from . import DeviceError
-from .monitor import Monitor, watch
-from .runner import run_cli
+from contract.cli import run_cli
+from dashboard.fleet import Monitor
+
+from . import MonitorError
+from .cli import watch
+from .terminal import render
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m device.demo")
+    p = argparse.ArgumentParser(prog="python -m monitor.demo")
     p.add_argument("bundle", type=Path)
     p.add_argument("--format", choices=("jsonl", "binary"), default="binary")
     p.add_argument("--period", type=float, default=0.02, help="seconds between frames (default 0.02)")
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def demo(args) -> int:
     if not (args.bundle / "testset.npz").is_file():
-        raise DeviceError(f"{args.bundle} has no testset.npz: build it with python -m build_model")
+        raise MonitorError(f"{args.bundle} has no testset.npz: build it with python -m build_model")
 
     master, slave = pty.openpty()
     tty.setraw(master)
@@ -59,7 +62,7 @@ def demo(args) -> int:
     device_lines = [ln for ln in err.splitlines() if ln.startswith("device:")]
     print("\n".join(device_lines))
     print("monitor (the other end of the pty):")
-    print(monitor.render())
+    print(render(monitor))
     print(json.dumps({"monitor": monitor.summary()}))
     return app.returncode
 

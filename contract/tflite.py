@@ -1,14 +1,14 @@
 """Read what a .tflite holds: operators, their tensor types, and the I/O tensors.
 
 Uses the flatbuffer schema that ships with ai-edge-litert, so no TensorFlow is needed.
+build_model and firmware_export both read models through here.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from . import ExportError
+from .errors import ContractError
 
 FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
 
@@ -61,9 +61,9 @@ def is_tflite(data: bytes) -> bool:
 
 
 def read(data: bytes) -> ModelInfo:
-    """Parse the flatbuffer; raise ExportError when it is not a readable TFLite model."""
+    """Parse the flatbuffer; raise ContractError when it is not a readable TFLite model."""
     if not is_tflite(data):
-        raise ExportError("not a TFLite model (no TFL3 identifier): give a .tflite file written by the converter")
+        raise ContractError("not a TFLite model (no TFL3 identifier): give a .tflite file written by the converter")
     schema = _schema()
     op_names, type_names = _names(schema.BuiltinOperator), _names(schema.TensorType)
     try:
@@ -77,14 +77,14 @@ def read(data: bytes) -> ModelInfo:
             else:
                 codes.append((op_names.get(code, f"BUILTIN_{code}"), False))
         if model.SubgraphsLength() < 1:
-            raise ExportError("the model has no subgraph: it is empty or truncated")
+            raise ContractError("the model has no subgraph: it is empty or truncated")
         ops = []
         inputs = outputs = ()
         for s in range(model.SubgraphsLength()):
             g = model.Subgraphs(s)
             types = [type_names.get(g.Tensors(t).Type(), "?") for t in range(g.TensorsLength())]
 
-            def tt(indices):
+            def tt(indices, types=types):
                 return tuple(types[i] for i in indices if i >= 0)
 
             if s == 0:
@@ -94,29 +94,9 @@ def read(data: bytes) -> ModelInfo:
                 name, custom = codes[op.OpcodeIndex()]
                 outs = tuple(int(i) for i in op.OutputsAsNumpy() if i >= 0)
                 ops.append(Op(name, custom, tt(op.InputsAsNumpy()), tt(outs), outs if s == 0 else ()))
-    except ExportError:
+    except ContractError:
         raise
-    except Exception as e:  # a truncated buffer fails in struct, numpy or index arithmetic
-        raise ExportError(f"the TFLite flatbuffer is damaged or truncated ({e or type(e).__name__}): "
+    except Exception as e:  # noqa: BLE001 - a truncated buffer fails in struct, numpy or index arithmetic
+        raise ContractError(f"the TFLite flatbuffer is damaged or truncated ({e or type(e).__name__}): "
                           "convert or copy it again") from None
     return ModelInfo(tuple(ops), inputs, outputs)
-
-
-# Where TFLM's MicroMutableOpResolver breaks its own CamelCase rule (read from
-# micro_mutable_op_resolver.h; tests/test_resolver_names.py checks the rule against the header).
-IRREGULAR_METHODS = {
-    "BATCH_MATMUL": "AddBatchMatMul",
-    "CUMSUM": "AddCumSum",
-    "PADV2": "AddPadV2",
-    "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
-}
-
-
-def resolver_method(op_name: str) -> str:
-    """TFLM's MicroMutableOpResolver method for an operator: CONV_2D -> AddConv2D."""
-    if op_name in IRREGULAR_METHODS:
-        return IRREGULAR_METHODS[op_name]
-    word = op_name.replace("TFLite", "")
-    parts = [p for p in re.split(r"[_-]", word) if p]
-    out = "".join(p[0].upper() + p[1:].lower() if p[0].isalpha() and len(p) > 1 else p.upper() for p in parts)
-    return "Add" + out

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import DeviceError
+from .errors import ContractError
 
 FORMAT = "tinysense-bundle/1"
 INTEGER_DTYPES = ("int8", "uint8", "int16")
@@ -30,38 +30,38 @@ MAX_JSON_DEPTH = 16
 def _number(value, where: str, positive: bool = False) -> float:
     """A finite JSON number (not a string, not a bool); positive when asked."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DeviceError(f"model.json: {where} must be a number, not {json.dumps(value)[:40]}")
+        raise ContractError(f"model.json: {where} must be a number, not {json.dumps(value)[:40]}")
     if not math.isfinite(value) or (positive and value <= 0):
-        raise DeviceError(f"model.json: {where} must be a finite{' positive' if positive else ''} number, "
+        raise ContractError(f"model.json: {where} must be a finite{' positive' if positive else ''} number, "
                           f"not {value}")
     return float(value)
 
 
 def _integer(value, where: str, low: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise DeviceError(f"model.json: {where} must be a whole number, not {json.dumps(value)[:40]}")
+        raise ContractError(f"model.json: {where} must be a whole number, not {json.dumps(value)[:40]}")
     if low is not None and value < low:
-        raise DeviceError(f"model.json: {where} must be at least {low}, not {value}")
+        raise ContractError(f"model.json: {where} must be at least {low}, not {value}")
     return value
 
 
 def _numbers(value, where: str, positive: bool = False) -> float | tuple[float, ...]:
     if isinstance(value, list):
         if not value:
-            raise DeviceError(f"model.json: {where} is an empty list")
+            raise ContractError(f"model.json: {where} is an empty list")
         return tuple(_number(v, f"{where}[{i}]", positive) for i, v in enumerate(value))
     return _number(value, where, positive)
 
 
 def _ints(value, where: str, low: int = 1) -> tuple[int, ...]:
     if not isinstance(value, list) or not value:
-        raise DeviceError(f"model.json: {where} must be a non-empty list of whole numbers")
+        raise ContractError(f"model.json: {where} must be a non-empty list of whole numbers")
     return tuple(_integer(v, f"{where}[{i}]", low) for i, v in enumerate(value))
 
 
 def _choice(value, where: str, choices) -> None:
     if value not in choices:
-        raise DeviceError(f"model.json: {where} {value!r} is not one of {', '.join(map(str, choices))}")
+        raise ContractError(f"model.json: {where} {value!r} is not one of {', '.join(map(str, choices))}")
 
 
 def _depth(value, limit: int = MAX_JSON_DEPTH) -> int:
@@ -80,32 +80,32 @@ def _depth(value, limit: int = MAX_JSON_DEPTH) -> int:
 
 
 def parse_json(text: str, where: str) -> Any:
-    """JSON within the size and depth bounds, as one DeviceError otherwise."""
+    """JSON within the size and depth bounds, as one ContractError otherwise."""
     if len(text) > MAX_JSON_BYTES:
-        raise DeviceError(f"{where} is {len(text):,} bytes, more than the {MAX_JSON_BYTES:,} a model.json may be")
+        raise ContractError(f"{where} is {len(text):,} bytes, more than the {MAX_JSON_BYTES:,} a model.json may be")
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as e:
-        raise DeviceError(f"{where} is not valid JSON ({str(e)[:80]}); rebuild the bundle") from None
+        raise ContractError(f"{where} is not valid JSON ({str(e)[:80]}); rebuild the bundle") from None
     if _depth(data) > MAX_JSON_DEPTH:
-        raise DeviceError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels: it is not a model.json")
+        raise ContractError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels: it is not a model.json")
     return data
 
 
 def _from_dict(cls, data: Any, where: str):
     if not isinstance(data, dict):
-        raise DeviceError(f"model.json: {where} must be an object")
+        raise ContractError(f"model.json: {where} must be an object")
     names = {f.name for f in dataclasses.fields(cls) if f.compare}  # "where" is ours, not the file's
     unknown = sorted(set(data) - names)
     if unknown:
-        raise DeviceError(f"model.json: unknown key(s) {', '.join(unknown)} in {where}; remove them")
+        raise ContractError(f"model.json: unknown key(s) {', '.join(unknown)} in {where}; remove them")
     required = {
         f.name for f in dataclasses.fields(cls)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
     missing = sorted(required - set(data))
     if missing:
-        raise DeviceError(f"model.json: {where} lacks {', '.join(missing)}")
+        raise ContractError(f"model.json: {where} lacks {', '.join(missing)}")
     return data
 
 
@@ -157,7 +157,7 @@ class TensorSpec:
         zp = _integer(self.zero_point, f"{w}.zero_point")
         low, high = DTYPE_RANGE.get(self.dtype, (zp, zp))
         if not low <= zp <= high:
-            raise DeviceError(f"model.json: {w}.zero_point {zp} is outside {self.dtype} ({low}..{high})")
+            raise ContractError(f"model.json: {w}.zero_point {zp} is outside {self.dtype} ({low}..{high})")
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "TensorSpec":
@@ -186,26 +186,26 @@ class ModelSpec:
     def __post_init__(self):
         labels = self.labels
         if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(v, str) for v in labels):
-            raise DeviceError("model.json: labels must be a non-empty list of strings")
+            raise ContractError("model.json: labels must be a non-empty list of strings")
         object.__setattr__(self, "labels", tuple(labels))
         _choice(self.kind, "kind", KINDS)
         if not isinstance(self.tflite_sha256, str):  # load() compares it with the file itself
-            raise DeviceError("model.json: tflite_sha256 must be a string")
+            raise ContractError("model.json: tflite_sha256 must be a string")
         pre = self.input.preprocess
         if pre is None:
-            raise DeviceError("model.json: input.preprocess is missing (mean, std, layout)")
+            raise ContractError("model.json: input.preprocess is missing (mean, std, layout)")
         if self.output.shape[-1] != len(labels):
-            raise DeviceError(f"model.json: {len(labels)} labels but the output has {self.output.shape[-1]} classes")
+            raise ContractError(f"model.json: {len(labels)} labels but the output has {self.output.shape[-1]} classes")
         want_layout = "NHWC" if self.kind == "image" else "NWC"
         rank = 4 if self.kind == "image" else 3
         if pre.layout != want_layout or len(self.input.shape) != rank:
-            raise DeviceError(f"model.json: a {self.kind} model takes {want_layout} input of rank {rank}, "
+            raise ContractError(f"model.json: a {self.kind} model takes {want_layout} input of rank {rank}, "
                               f"not {pre.layout} {list(self.input.shape)}")
         channels = self.input.shape[-1]
         for key in ("mean", "std"):
             v = getattr(pre, key)
             if isinstance(v, tuple) and len(v) not in (1, channels):
-                raise DeviceError(f"model.json: input.preprocess.{key} has {len(v)} values for {channels} channels")
+                raise ContractError(f"model.json: input.preprocess.{key} has {len(v)} values for {channels} channels")
 
     @classmethod
     def from_dict(cls, data: Any) -> "ModelSpec":
@@ -214,7 +214,7 @@ class ModelSpec:
         d["output"] = TensorSpec.from_dict(d["output"], "output")
         for key in ("metrics", "provenance"):
             if not isinstance(d.get(key, {}), dict):
-                raise DeviceError(f"model.json: {key} must be an object")
+                raise ContractError(f"model.json: {key} must be an object")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -269,25 +269,26 @@ def load(path: str | Path) -> Bundle:
     if path.is_file() and path.name == "model.json":
         path = path.parent
     if not path.is_dir():
-        raise DeviceError(f"bundle folder {path} does not exist: build one with 'python -m build_model --out {path}'")
+        raise ContractError(f"bundle folder {path} does not exist: build one with 'python -m build_model --out {path}'")
     for name in ("model.json", "model.tflite"):
         if not (path / name).is_file():
-            raise DeviceError(f"bundle {path} is incomplete: {name} is missing; rebuild it with python -m build_model")
+            raise ContractError(f"bundle {path} is incomplete: {name} is missing; "
+                                "rebuild it with python -m build_model")
     try:
         text = (path / "model.json").read_text()
     except UnicodeDecodeError:
-        raise DeviceError(f"{path / 'model.json'} is not UTF-8 text; rebuild the bundle") from None
+        raise ContractError(f"{path / 'model.json'} is not UTF-8 text; rebuild the bundle") from None
     try:
         spec = ModelSpec.from_dict(parse_json(text, str(path / "model.json")))
     except (TypeError, ValueError) as e:
-        raise DeviceError(f"{path / 'model.json'}: {e}") from None
+        raise ContractError(f"{path / 'model.json'}: {e}") from None
     model = (path / "model.tflite").read_bytes()
     if sha256(model) != spec.tflite_sha256:
-        raise DeviceError(
+        raise ContractError(
             f"{path / 'model.tflite'} does not match model.json (sha256 differs): copy the bundle again as a whole"
         )
     if spec.input.dtype not in INTEGER_DTYPES or spec.output.dtype not in INTEGER_DTYPES:
-        raise DeviceError(
+        raise ContractError(
             f"bundle {path} holds a {spec.input.dtype} model; the device runs full-integer models: "
             "rebuild with the int8 variant"
         )

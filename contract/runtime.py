@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import DeviceError
+from .errors import ContractError
 from .bundle import ModelSpec, tensor_matches
 from .capture import captured
 
@@ -26,13 +26,13 @@ RESOLVERS = ("default", "reference")
 
 
 def interpreter_module():
-    """The first interpreter module that imports, or a DeviceError saying what to install."""
+    """The first interpreter module that imports, or a ContractError saying what to install."""
     for module, _ in _CANDIDATES:
         try:
             return importlib.import_module(module)
         except ImportError:
             continue
-    raise DeviceError(
+    raise ContractError(
         "no TFLite interpreter is installed: pip install ai-edge-litert "
         "(on 32-bit Raspberry Pi OS: pip install tflite-runtime 'numpy<2')"
     )
@@ -70,14 +70,13 @@ class Model:
         if resolver == "reference":
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_REF
         elif resolver != "default":
-            raise DeviceError(f"unknown resolver {resolver!r}: use one of {', '.join(RESOLVERS)}")
+            raise ContractError(f"unknown resolver {resolver!r}: use one of {', '.join(RESOLVERS)}")
         try:
-            with captured((2,)) as log:  # LiteRT prints "INFO: Created ... XNNPACK delegate" on the C-level stderr
+            with captured((2,)):  # LiteRT prints "INFO: Created ... XNNPACK delegate" on the C-level stderr
                 self.interpreter = mod.Interpreter(**kwargs)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise DeviceError(f"the interpreter cannot load this model ({str(e).splitlines()[0]})") from None
-        self.load_log = log  # kept, not shown: [text] once the block has ended
+            raise ContractError(f"the interpreter cannot load this model ({str(e).splitlines()[0]})") from None
         self.input = _info(self.interpreter.get_input_details()[0])
         self.output = _info(self.interpreter.get_output_details()[0])
         self._set = self.interpreter.set_tensor
@@ -95,7 +94,7 @@ class Model:
         for name, want, have in (("input", spec.input, self.input), ("output", spec.output, self.output)):
             problems = tensor_matches(want, have.shape, have.dtype.name, have.scale, have.zero_point)
             if problems:
-                raise DeviceError(
+                raise ContractError(
                     f"model.json {name} does not match the .tflite ({'; '.join(problems)}): rebuild the bundle"
                 )
 
@@ -114,7 +113,7 @@ class CheckedBundle:
 
 def open_bundle(path, num_threads: int | None = None) -> CheckedBundle:
     """The one gate every side uses: model.json checked field by field (bundle.load), the sha256
-    against the .tflite, then the interpreter's own tensors against model.json. DeviceError otherwise."""
+    against the .tflite, then the interpreter's own tensors against model.json. ContractError otherwise."""
     from .bundle import load
 
     b = load(path)

@@ -134,9 +134,6 @@ class Status:
         return {"type": "status", **self.values}
 
 
-Message = Hello | Prediction | Skip | Status
-
-
 def _as_dict(msg) -> dict:
     d = msg if isinstance(msg, dict) else msg.to_dict()
     if d.get("type") == "prediction" and len(d.get("topk", ())) > MAX_TOPK:
@@ -209,7 +206,9 @@ class BinaryCodec(_Codec):
         if zlib.crc32(packet) != crc:
             raise ProtocolError("CRC mismatch")
         kind, body = _NAMES.get(packet[0]), packet[1:]
-        name = lambda i: UNKNOWN if i == 0xFFFF else (labels[i] if i < len(labels) else str(i))  # noqa: E731
+
+        def name(i: int) -> str:
+            return UNKNOWN if i == 0xFFFF else (labels[i] if i < len(labels) else str(i))
         if kind == "prediction":
             seq, t, idx, score, truth, k = _PRED.unpack_from(body)
             off = _PRED.size
@@ -322,3 +321,11 @@ def check(msg: dict) -> dict:
         if not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) for e in msg["topk"]):
             raise ProtocolError("prediction.topk must be [label, score] pairs")
     return msg
+
+
+THUMBNAIL_MAX_BYTES = 256 * 1024  # what a receiver accepts as a thumbnail (PREFIX/ID/thumbnail over MQTT)
+
+
+def looks_like_jpeg(data: bytes) -> bool:
+    """Whether a thumbnail payload is a whole JPEG (start and end markers) within the size bound."""
+    return 4 < len(data) <= THUMBNAIL_MAX_BYTES and data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"

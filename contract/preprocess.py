@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import DeviceError
+from .errors import ContractError
 from .bundle import ModelSpec
 from .quant import quantize
 
@@ -71,7 +71,7 @@ class Preprocessor:
         self.scale, self.zero_point = spec.input.scale, spec.input.zero_point
         if self.kind == "image":
             if len(self.shape) != 4:
-                raise DeviceError(f"model.json says image but the input shape is {list(self.shape)}, not NHWC")
+                raise ContractError(f"model.json says image but the input shape is {list(self.shape)}, not NHWC")
             self.height, self.width, self.channels = self.shape[1:]
             self.bgr = pre.color == "bgr"
         self.length = pre.length

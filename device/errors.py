@@ -1,9 +1,0 @@
-"""One exception root for all of tinysense, and its two kinds every command line maps to exit codes."""
-
-
-class TinysenseError(Exception):
-    """A problem the user can fix: every command prints it as one line and exits 1."""
-
-
-class UsageError(TinysenseError):
-    """A bad command line: exit 2."""
