@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-no
 SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd \
                    mosquitto mosquitto_passwd openssl chromium chromedriver
 
-.PHONY: all venv system-deps firmware-deps tflm-tree pi-deps demo test pi-test firmware-test bench bench-ucr clean
+.PHONY: all venv system-deps firmware-deps tflm-tree pi-deps demo lint test pi-test firmware-test bench bench-ucr clean
 
 all: test
 
@@ -83,7 +83,11 @@ pi-deps:
 demo: venv system-deps
 	$(BIN)/python -m build_model --dataset digits --out $(OUT)/digits --force
 	$(BIN)/python -m firmware_export $(OUT)/digits --out $(OUT)/digits_firmware --target nrf52840 --force
-	$(BIN)/python -m device.demo $(OUT)/digits
+	$(BIN)/python -m monitor.demo $(OUT)/digits
+
+# ruff with the rule set in pyproject.toml ([tool.ruff.lint] says why each rule is there).
+lint: venv
+	$(BIN)/ruff check .
 
 test: venv system-deps
 	$(BIN)/python -m pytest -q
