@@ -46,11 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-input", action="store_true", help="the model takes raw values: mean 0, std 1")
     p.add_argument("--window", type=int, help="cut sensor recordings into windows of N steps "
                                               "(default: whole recordings; basicmotions: 50)")
-    p.add_argument("--stride", type=int, default=10, help="sensor window stride in steps (default 10)")
-    p.add_argument("--length", choices=("resample", "pad"), default="resample",
+    # dataset options: left unset unless given, so a dataset refuses one it does not use
+    p.add_argument("--stride", type=int, help="sensor window stride in steps (default 10)")
+    p.add_argument("--length", choices=("resample", "pad"),
                    help="variable-length recordings: resample to the longest (default) or pad with the last sample")
-    p.add_argument("--channels", type=int, default=1, help="channels per step in a csv: dataset (default 1)")
-    p.add_argument("--image-size", type=int, default=32, help="side of images: from a folder (default 32)")
+    p.add_argument("--channels", type=int, help="channels per step in a csv: dataset (default 1)")
+    p.add_argument("--image-size", type=int, help="side of images: from a folder (default 32)")
     p.add_argument("--no-layer-debug", action="store_true", help="skip the per-layer int8 error analysis")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or step lines")

@@ -13,6 +13,8 @@ preprocessing that model.json will carry to the device.
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -128,7 +130,7 @@ def _from_arrays(name, kind, labels, x, y, seed, color=None) -> Dataset:
                    Split("test", x[test_i], y[test_i], test_i), _preprocess_for(kind, train.x, color))
 
 
-def load_digits(seed: int, **_) -> Dataset:
+def load_digits(seed: int) -> Dataset:
     """scikit-learn's 8x8 handwritten digits: pixel values 0..16, ships with the package."""
     from sklearn.datasets import load_digits as sk_digits
 
@@ -213,8 +215,8 @@ def _natural(s: str):
     return (0, float(s), s) if _is_number(s) else (1, 0.0, s)
 
 
-def load_ucr(name: str, seed: int, window: int | None = None, stride: int = 10, length: str = "resample",
-             **_) -> Dataset:
+def load_ucr(name: str, seed: int, *, window: int | None = None, stride: int = 10,
+             length: str = "resample") -> Dataset:
     """A UCR/UEA classification set through aeon's ``load_classification``, on its official split.
 
     The sets aeon ships (ItalyPowerDemand, ACSF1, BasicMotions, JapaneseVowels, ...) load
@@ -248,7 +250,7 @@ def load_ucr(name: str, seed: int, window: int | None = None, stride: int = 10, 
     return _sensor_official(name, labels, xtr, ytr_i, xte, yte_i, seed, window, stride, mode)
 
 
-def load_basicmotions(seed: int, window: int | None = 50, stride: int = 10, **_) -> Dataset:
+def load_basicmotions(seed: int, *, window: int | None = 50, stride: int = 10) -> Dataset:
     """aeon's BasicMotions: 80 recordings of 100 steps, 3-axis accelerometer + gyroscope, 4 activities."""
     from aeon.datasets import load_basic_motions
 
@@ -270,7 +272,7 @@ _KERAS = {
 }
 
 
-def load_keras(name: str, seed: int, **_) -> Dataset:
+def load_keras(name: str, seed: int) -> Dataset:
     """A keras.datasets set: downloads on first use into ~/.keras/datasets."""
     from .tf import keras
 
@@ -292,7 +294,7 @@ def load_keras(name: str, seed: int, **_) -> Dataset:
                    _preprocess_for("image", train.x, color), official_split=True)
 
 
-def load_image_folder(path: str, seed: int, image_size: int = 32, **_) -> Dataset:
+def load_image_folder(path: str, seed: int, *, image_size: int = 32) -> Dataset:
     """FOLDER/<class>/<image>: RGB, resized to image_size x image_size; class names sorted."""
     from PIL import Image, UnidentifiedImageError
 
@@ -318,7 +320,7 @@ def load_image_folder(path: str, seed: int, image_size: int = 32, **_) -> Datase
     return _from_arrays(root.name, "image", classes, np.stack(xs), ys, seed, color="rgb")
 
 
-def load_csv(path: str, seed: int, channels: int = 1, window: int | None = None, stride: int = 10, **_) -> Dataset:
+def load_csv(path: str, seed: int, *, channels: int = 1, window: int | None = None, stride: int = 10) -> Dataset:
     """One recording per row: ``label,v...``, time-major (every channel at t0, then t1, ...).
 
     A header ``label,split,...`` makes the second column the split (``train`` or ``test``):
@@ -365,7 +367,7 @@ def load_csv(path: str, seed: int, channels: int = 1, window: int | None = None,
 NPZ_SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def load_npz(path: str, seed: int, window: int | None = None, stride: int = 10, **_) -> Dataset:
+def load_npz(path: str, seed: int, *, window: int | None = None, stride: int = 10) -> Dataset:
     """``x`` (n, steps, channels) or (n, steps) with ``y``, or the four arrays ``x_train, y_train,
     x_test, y_test`` (the file's own split). ``y``: class ids or names; optional ``labels``."""
     f = Path(path)
@@ -409,18 +411,45 @@ def _is_number(s: str) -> bool:
 REGISTRY: dict[str, Callable[..., Dataset]] = {
     "digits": load_digits,
     "basicmotions": load_basicmotions,
-    **{name: (lambda seed, _n=name, **kw: load_keras(_n, seed, **kw)) for name in _KERAS},
+    **{name: functools.partial(load_keras, name) for name in _KERAS},
 }
 PATH_SCHEMES: dict[str, Callable[..., Dataset]] = {"images": load_image_folder, "csv": load_csv, "npz": load_npz,
                                                    "ucr": load_ucr}
 
 
-def load(spec: str, seed: int = 0, **options) -> Dataset:
-    """Load a dataset by name or ``scheme:PATH`` (see the module docstring)."""
+def options_of(loader: Callable[..., Dataset]) -> tuple[str, ...]:
+    """The options a loader takes: its keyword-only parameters (window, stride, channels, ...)."""
+    return tuple(n for n, p in inspect.signature(loader).parameters.items() if p.kind is p.KEYWORD_ONLY)
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _loader(spec: str, seed: int) -> tuple[Callable[..., Dataset], tuple]:
     scheme, sep, rest = spec.partition(":")
     if sep and scheme in PATH_SCHEMES:
-        return PATH_SCHEMES[scheme](rest, seed, **options)
+        return PATH_SCHEMES[scheme], (rest, seed)
     if spec in REGISTRY:
-        return REGISTRY[spec](seed=seed, **options)
+        return REGISTRY[spec], (seed,)
     known = ", ".join([*REGISTRY, *(f"{s}:{'NAME' if s == 'ucr' else 'PATH'}" for s in PATH_SCHEMES)])
     raise UsageError(f"unknown dataset {spec!r}: use one of {known}")
+
+
+def check_options(spec: str, options: dict) -> None:
+    """UsageError for an unknown dataset, or an option it does not use (a silently dropped --window
+    would train on something else than the user asked for), naming the options it takes."""
+    takes = options_of(_loader(spec, 0)[0])
+    unused = [o for o in options if o not in takes]
+    if unused:
+        what = f"it takes {', '.join(map(_flag, takes))}" if takes else "it takes no options"
+        raise UsageError(f"--dataset {spec} does not use {', '.join(map(_flag, unused))} ({what}): "
+                         "leave it out, or choose a dataset that uses it")
+
+
+def load(spec: str, seed: int = 0, **options) -> Dataset:
+    """Load a dataset by name or ``scheme:PATH`` (see the module docstring) with the options the
+    user gave; one it does not use is refused, as source specs refuse an unknown option."""
+    check_options(spec, options)
+    loader, args = _loader(spec, seed)
+    return loader(*args, **options)

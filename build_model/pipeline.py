@@ -38,11 +38,14 @@ class BuildConfig:
     seed: int = 0
     calibration_count: int = calibration.DEFAULT_COUNT
     raw_input: bool = False  # a user model that takes raw values: mean 0, std 1
-    window: int | None = None  # None: whole recordings (basicmotions: 50)
-    stride: int = 10
-    channels: int = 1
-    image_size: int = 32
-    length: str = "resample"  # variable-length recordings: resample or pad
+    # the dataset's options, None when not given (each dataset's own default then; one it does not use
+    # is refused): window (whole recordings; basicmotions 50), stride 10, channels 1, image_size 32,
+    # length "resample" (variable-length recordings: resample or pad)
+    window: int | None = None
+    stride: int | None = None
+    channels: int | None = None
+    image_size: int | None = None
+    length: str | None = None
     layer_debug: bool = True  # run TensorFlow's QuantizationDebugger on int8
     force: bool = False
     quiet: bool = False
@@ -58,8 +61,16 @@ class BuildConfig:
             raise UsageError("--batch-size must be at least 1")
         if self.width is not None and not 0 < self.width <= 4:
             raise UsageError("--width must be above 0 and at most 4")
-        if self.length not in datasets.LENGTH_MODES:
+        if self.length is not None and self.length not in datasets.LENGTH_MODES:
             raise UsageError(f"--length must be {' or '.join(datasets.LENGTH_MODES)}")
+        datasets.check_options(self.dataset, self.dataset_options())  # before anything is written
+
+    def dataset_options(self) -> dict:
+        """The dataset options that were given, for datasets.load."""
+        return {k: v for k in DATASET_OPTIONS if (v := getattr(self, k)) is not None}
+
+
+DATASET_OPTIONS = ("window", "stride", "channels", "image_size", "length")
 
 
 @dataclass
@@ -168,8 +179,7 @@ def build(cfg: BuildConfig, log=print) -> BuildResult:
     from .training import seed_everything
 
     progress = _progress(cfg.quiet)
-    ds = datasets.load(cfg.dataset, seed=cfg.seed, window=cfg.window, stride=cfg.stride, channels=cfg.channels,
-                       image_size=cfg.image_size, length=cfg.length)
+    ds = datasets.load(cfg.dataset, seed=cfg.seed, **cfg.dataset_options())
     if cfg.raw_input:
         ds = replace(ds, preprocess=replace(ds.preprocess, mean=0.0, std=1.0))
     seed_everything(cfg.seed)

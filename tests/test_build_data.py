@@ -1,9 +1,13 @@
 """Datasets and calibration: seeded stratified splits, and calibration that refuses bad data."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from build_model import BuildError, UsageError, calibration, datasets
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +128,24 @@ def test_offline_keras_dataset_names_the_file(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(BuildError, match=r"place mnist.npz in ~/.keras/datasets/"):
         datasets.load("mnist")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--dataset", "digits", "--window", "5"], "--dataset digits does not use --window (it takes no options)"),
+    (["--dataset", "ucr:ItalyPowerDemand", "--image-size", "8"],
+     "does not use --image-size (it takes --window, --stride, --length)"),
+    (["--dataset", "basicmotions", "--channels", "3", "--length", "pad"], "does not use --channels, --length"),
+])
+def test_a_dataset_refuses_options_it_does_not_use(tmp_path, args, words):
+    """Once silently dropped (--window on digits trained on whole images): one line, exit 2, nothing written."""
+    out = tmp_path / "parent" / "bundle"
+    r = subprocess.run([sys.executable, "-m", "build_model", *args, "--out", str(out)], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and words in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert not (tmp_path / "parent").exists()
+
+
+def test_the_options_a_dataset_takes_are_its_own_defaults_when_absent():
+    windowed = datasets.load("basicmotions", seed=0)  # its own default window of 50, stride 10
+    assert windowed.train.x.shape[1] == 50
+    assert datasets.options_of(datasets.REGISTRY["digits"]) == ()
