@@ -173,7 +173,7 @@ def _fit_data_to_model(model, ds: datasets.Dataset, log) -> datasets.Dataset:
 
 def build(cfg: BuildConfig, log=print) -> BuildResult:
     """Run the whole build; everything lands in ``cfg.out`` at once or not at all."""
-    atomic.check_output_dir(cfg.out, cfg.force)  # fail before minutes of training
+    output = atomic.OutputDir(cfg.out, cfg.force)  # checked now, before minutes of training
     from . import debug, models, quantize, report
     from .evaluate import evaluate
     from .training import seed_everything
@@ -223,7 +223,7 @@ def build(cfg: BuildConfig, log=print) -> BuildResult:
     spec = make_spec(cfg, ds, tflites[chosen], chosen, results[chosen], len(calib), model_name, history)
     diagnosis = report.diagnose(ds, results, chosen, history, debug.worst(layers), ctx.notes)
 
-    with atomic.staged_dir(cfg.out, cfg.force) as stage:
+    with output.staged() as stage:
         (stage / "variants").mkdir()
         for name, data in tflites.items():
             (stage / "variants" / f"{name}.tflite").write_bytes(data)

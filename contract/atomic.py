@@ -43,27 +43,43 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise ContractError(f"cannot write {out}: {parent} is not writable; choose another --out")
 
 
-@contextlib.contextmanager
-def staged_dir(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh folder beside ``out``; on success it replaces ``out`` in one rename.
+class OutputDir:
+    """An output folder, checked once when it is reserved (before minutes of work) and written in
+    one rename from a staged folder beside it (``staged``)."""
 
-    On any exception the staged folder is removed and ``out`` is left as it was.
-    """
-    out = Path(out)
-    check_output_dir(out, force)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.resolve().parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets the usual mode
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    def __init__(self, out: Path, force: bool = False):
+        self.path, self.force = Path(out), force
+        check_output_dir(self.path, force)
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[Path]:
+        """Yield a fresh folder beside the output; on success it replaces the output in one rename.
+
+        On any exception the staged folder is removed and the output is left as it was. Without
+        --force, a folder that something else filled since the reservation is not replaced.
+        """
+        out = self.path
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.resolve().parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets the usual mode
+        try:
+            yield stage
+            if not self.force and out.is_dir() and any(out.iterdir()):
+                raise ContractError(f"{out} was filled by something else while this ran: nothing replaced it; "
+                                    "pass --force to replace it, or choose another --out")
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(stage, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def staged_dir(out: Path, force: bool = False):
+    """``OutputDir(out, force).staged()``: check and write in one go, for quick writers."""
+    return OutputDir(out, force).staged()

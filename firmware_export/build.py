@@ -411,10 +411,11 @@ def _plugin() -> Path:
     return out
 
 
-def probe(src_dir: Path, name: str, tree: Path, target: str, kernels: str | None = None,
+def probe(src_dir: Path, name: str, tree: Path, target: str, emitted: int, kernels: str | None = None,
           log=lambda *a: None) -> dict:
-    """The smallest arena that allocates on this Cortex-M target (bisected in one run), the golden
-    inputs at exactly that size, and the instructions of one inference (a QEMU plugin; not cycles)."""
+    """The smallest arena that allocates on this Cortex-M target (bisected in one run, around the
+    ``emitted`` host figure in bytes), the golden inputs at exactly that size, and the instructions
+    of one inference (a QEMU plugin; not cycles)."""
     tc = toolchain(target, kernels)
     plat = tc.platform
     if not plat.is_mcu:
@@ -422,8 +423,6 @@ def probe(src_dir: Path, name: str, tree: Path, target: str, kernels: str | None
     lib = library(tree, tc, log=log)
     work = src_dir / f"build-{plat.name}"
     work.mkdir(exist_ok=True)
-    config = (src_dir / f"{name}_model_config.h").read_text()
-    emitted = int(re.search(r"kTensorArenaSize = (\d+);", config).group(1))
     arena_max = min(max(4 * emitted, emitted + 64 * 1024), plat.ram[1] // 2)
     source = work / "probe.cc"
     source.write_text(Template(_support("probe.cc.tmpl")).substitute(

@@ -81,7 +81,7 @@ def _board_project(args) -> int:
         raise ExportError("--layout, --board and --flash go together: pass --layout arduino|platformio and --board "
                           f"{'|'.join(boards.BOARDS)}")
     b = boards.board(args.board)
-    atomic.check_output_dir(args.out, args.force)
+    output = atomic.OutputDir(args.out, args.force)  # checked once, before the export's minutes
 
     def log(*a) -> None:
         print(*a, file=sys.stderr)
@@ -90,7 +90,7 @@ def _board_project(args) -> int:
                         flash_kb=args.flash_kb, ram_kb=args.ram_kb, compile_check=not args.no_compile,
                         margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
                         tflm_tree=args.tflm_tree, kernels=args.kernels, log=log)
-        with atomic.staged_dir(args.out, args.force) as stage:
+        with output.staged() as stage:
             project = boards.write_project(result.out, stage, result.report["name"], args.layout, b)
             relative = project.relative_to(stage)
     project = Path(args.out) / relative

@@ -188,13 +188,13 @@ class ExportResult:
     report: dict
 
 
-def export(path: Path, out: Path, name: str | None = None, target: str | None = None, flash_kb: int | None = None,
-           ram_kb: int | None = None, force: bool = False, compile_check: bool = True, build: tuple = (),
-           tflm_tree=None, kernels: str | None = None, log=lambda *a: None,
+def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, target: str | None = None,
+           flash_kb: int | None = None, ram_kb: int | None = None, force: bool = False, compile_check: bool = True,
+           build: tuple = (), tflm_tree=None, kernels: str | None = None, log=lambda *a: None,
            margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None) -> ExportResult:
     if target is not None and target not in TARGETS:
         raise ExportError(f"unknown target {target!r}: choose from {', '.join(TARGETS)}")
-    atomic.check_output_dir(out, force)
+    output = out if isinstance(out, atomic.OutputDir) else atomic.OutputDir(out, force)  # the one check
     src = read_source(path)
     ident = generate.sanitise(name or src.default_name)
     info = preflight(src.model)
@@ -242,7 +242,7 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
               "arena_smallest_host_bytes": smallest,
               "arena_margin_percent": margin_percent, "target": target, "parity": checks,
               "golden": {"count": len(pick), "tolerance_steps": 1}, "files": sorted(files)}
-    with atomic.staged_dir(out, force) as stage:
+    with output.staged() as stage:
         for fname, text in files.items():
             (stage / fname).write_text(text)
         if compile_check:
@@ -259,7 +259,7 @@ def export(path: Path, out: Path, name: str | None = None, target: str | None = 
                    TARGETS[target] if target else None)
         _check_budget(report, target, flash_kb, ram_kb)
         (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
-    return ExportResult(Path(out), report)
+    return ExportResult(output.path, report)
 
 
 def measured_arena(min_bytes: int) -> int:
@@ -278,7 +278,7 @@ def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, repo
     mcu = {t: builder.platform(t).is_mcu for t in targets}
     for t in targets:  # every tool present before minutes of compiling
         builder.toolchain(t, kernels if mcu[t] else None)
-    probes = {t: builder.probe(stage, ident, tree, t, kernels, log=log)
+    probes = {t: builder.probe(stage, ident, tree, t, cfg.arena_bytes, kernels, log=log)
               for t in targets if mcu[t]}
     if probes:
         worst = max(probes.values(), key=lambda p: p["arena_min_bytes"])

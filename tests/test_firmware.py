@@ -206,3 +206,23 @@ def test_custom_and_select_tf_ops_are_refused(digits_bundle, tmp_path, code, wor
     with pytest.raises(ExportError, match=words):
         export(path, tmp_path / "out", compile_check=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_output_folder_is_checked_once_per_export(digits_bundle, tmp_path, monkeypatch):
+    """Once a reason for three checks of one --out: export, its staged write and the board layout each checked it."""
+    from contract import atomic
+    from firmware_export.cli import main
+
+    seen = []
+    real = atomic.check_output_dir
+
+    def counted(out, force):
+        seen.append(Path(out))
+        return real(out, force)
+    monkeypatch.setattr(atomic, "check_output_dir", counted)
+    assert main([str(digits_bundle), "--out", str(tmp_path / "fw"), "--no-compile"]) == 0
+    assert seen == [tmp_path / "fw"]
+    seen.clear()
+    assert main([str(digits_bundle), "--out", str(tmp_path / "sketch"), "--no-compile", "--layout", "arduino",
+                 "--board", "nano33ble"]) == 0
+    assert seen.count(tmp_path / "sketch") == 1 and (tmp_path / "sketch").is_dir()
