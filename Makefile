@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := g++ gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-no
 SYSTEM_TOOLS    := g++ arm-none-eabi-g++ arm-none-eabi-size socat shellcheck sshd ssh ssh-keygen xxd \
                    mosquitto mosquitto_passwd openssl chromium chromedriver
 
-.PHONY: all venv system-deps firmware-deps tflm-tree pi-deps demo lint test pi-test firmware-test bench bench-ucr clean
+.PHONY: all venv system-deps firmware-deps tflm-tree pi-deps demo lint test build-test pi-test firmware-test bench bench-ucr clean
 
 all: test
 
@@ -89,8 +89,13 @@ demo: venv system-deps
 lint: venv
 	$(BIN)/ruff check .
 
+# The suite without the tests marked slow (each converts a model to every variant: about 4 minutes
+# together), which 'make build-test' runs; CI runs both.
 test: venv system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+build-test: venv system-deps
+	$(BIN)/python -m pytest -q -m slow
 
 # The generated firmware built by real TFLM (the tree in ../shared, or TFLM_TREE) and run on the host.
 # The first run compiles TFLM (about 4 minutes on 2 cores), cached in ~/.cache/tinysense-tflm.
