@@ -562,7 +562,7 @@ remove_pi() {
 # ---- firmware ----------------------------------------------------------------
 
 # The board table, the project layouts, the names and the build/flash step live in Python
-# (firmware_export/boards.py), so the sketch folder, the .ino and the C names agree.
+# (firmware_export/boards.py, boards in hardware.py), so the sketch folder, the .ino and the C names agree.
 deploy_firmware() {
   [[ -n $MODEL ]] || die "firmware needs a bundle folder: ./deploy.sh firmware BUNDLE_DIR --board BOARD --out DIR"
   check_bundle

@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from firmware_export import build as builder
+from firmware_export import build as builder, hardware
 from firmware_export.export import export
 
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
@@ -73,7 +73,7 @@ def target_figures(label: str, model: Path, tmp: Path, tree: Path, targets: tupl
                   f"{insns:13,d} {insns / mac:8.2f}")
         print(f"  {t}: reference kernels run {counts['reference'] / counts['cmsis-nn']:.1f}x the instructions "
               "of CMSIS-NN")
-        e = builder.latency_estimate(counts["cmsis-nn"], *builder.platform(t).board)
+        e = builder.latency_estimate(counts["cmsis-nn"], hardware.reference_board(hardware.core(t)))
         print(f"  {t} CMSIS-NN on {e['board']} at {e['clock_mhz']:g} MHz: {e['ms_low']:.2f}-{e['ms_high']:.2f} ms "
               "estimated (1-2 cycles per instruction assumed)")
 
@@ -132,7 +132,7 @@ def export_figures(name: str, path: Path, tmp: Path, inputs: Path | None = None)
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     bundle = Path(args[0]) if args else ROOT / "out" / "digits"
-    targets = ("cortex-m4",) if "--quick" in sys.argv else tuple(n for n, p in builder.PLATFORMS.items() if p.is_mcu)
+    targets = ("cortex-m4",) if "--quick" in sys.argv else tuple(n for n, c in hardware.CORES.items() if c.is_mcu)
     tree = Path(os.environ.get("TFLM_TREE", TREE))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

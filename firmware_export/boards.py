@@ -1,7 +1,7 @@
-"""Board projects from one table: an Arduino sketch folder or a PlatformIO project around the exported sources.
+"""Board projects: an Arduino sketch folder or a PlatformIO project around the exported sources.
 
-Each board names the export preset it uses (flash and RAM budgets), the arduino-cli FQBN, the
-PlatformIO platform and board, and the TensorFlow Lite Micro library that board's users install.
+Each board's project (hardware.py: the arduino-cli FQBN, the PlatformIO platform and board, and
+the TensorFlow Lite Micro library its users install) sits beside its budgets and clock.
 With arduino-cli or pio on the PATH the project is compiled (and uploaded with ``--flash PORT``);
 without them the commands are printed, and asking to flash is an error.
 """
@@ -10,39 +10,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import ExportError
+from .hardware import Project
 
 LAYOUTS = ("arduino", "platformio")
-
-
-@dataclass(frozen=True)
-class Board:
-    name: str
-    target: str  # the export preset (budgets, core)
-    fqbn: str  # arduino-cli
-    pio_platform: str
-    pio_board: str
-    tflm_library: str  # what the board's users install for TensorFlow Lite Micro
-    note: str
-
-
-BOARDS = {b.name: b for b in (
-    Board("nano33ble", "nrf52840", "arduino:mbed_nano:nano33ble", "nordicnrf52", "nano33ble",
-          "Arduino_TensorFlowLite (tensorflow/tflite-micro-arduino-examples)", "Arduino Nano 33 BLE (Sense)"),
-    Board("esp32s3", "esp32s3", "esp32:esp32:esp32s3", "espressif32", "esp32-s3-devkitc-1",
-          "TensorFlowLite_ESP32 (or esp-tflite-micro under ESP-IDF)", "ESP32-S3 DevKitC-1"),
-    Board("pico", "rp2040", "rp2040:rp2040:rpipico", "raspberrypi", "pico",
-          "a TFLM build for RP2040 (raspberrypi/pico-tflmicro)", "Raspberry Pi Pico"),
-)}
-
-
-def board(name: str) -> Board:
-    if name not in BOARDS:
-        raise ExportError(f"unknown board {name!r}: use {', '.join(BOARDS)}")
-    return BOARDS[name]
 
 
 def _sources(src: Path, name: str) -> dict[str, str]:
@@ -56,7 +29,7 @@ def _sources(src: Path, name: str) -> dict[str, str]:
     return files
 
 
-def write_project(src: Path, out: Path, name: str, layout: str, b: Board) -> Path:
+def write_project(src: Path, out: Path, name: str, layout: str, b: Project) -> Path:
     """Lay out the project in ``out`` (a fresh folder) from the export in ``src``; returns what the
     board tool builds (the sketch folder, or the PlatformIO project)."""
     if layout not in LAYOUTS:
@@ -82,7 +55,7 @@ def write_project(src: Path, out: Path, name: str, layout: str, b: Board) -> Pat
     return out
 
 
-def tool_commands(layout: str, b: Board, project: Path, port: str | None) -> list[list[str]]:
+def tool_commands(layout: str, b: Project, project: Path, port: str | None) -> list[list[str]]:
     if layout == "arduino":
         cmds = [["arduino-cli", "compile", "--fqbn", b.fqbn, str(project)]]
         if port:
@@ -94,7 +67,7 @@ def tool_commands(layout: str, b: Board, project: Path, port: str | None) -> lis
     return cmds
 
 
-def build_and_flash(layout: str, b: Board, project: Path, port: str | None, log=lambda *a: None) -> bool:
+def build_and_flash(layout: str, b: Project, project: Path, port: str | None, log=lambda *a: None) -> bool:
     """Compile (and with a port, upload) with the board tool when it is here. False when it is not;
     with a port asked for, that is an error."""
     cmds = tool_commands(layout, b, project, port)

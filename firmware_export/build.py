@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from . import ExportError
+from . import ExportError, hardware
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinysense-tflm"
 FLAGS = ["-std=c++17", "-O2", "-fno-rtti", "-fno-exceptions", "-DTF_LITE_STATIC_MEMORY"]
@@ -38,51 +38,7 @@ SKIP = re.compile(r"_test\.cc$|/examples/|/cmsis_nn/|/tools/|/testing/|benchmark
 KERNELS = ("reference", "cmsis-nn")
 STACK_BYTES = 16 * 1024  # the stack the linker script reserves at the top of RAM; the run reports its use
 RUN_TIMEOUT_S = 600
-
-
-@dataclass(frozen=True)
-class Platform:
-    """Where a build runs: the host, or a Cortex-M core on one of QEMU's Arm boards."""
-
-    name: str
-    note: str
-    cpu_flags: tuple[str, ...] = ()
-    machine: str | None = None  # qemu-system-arm -M
-    flash: tuple[int, int] = (0, 0)  # origin, length
-    ram: tuple[int, int] = (0, 0)
-    board: tuple[str, int] = ("", 0)  # a common board with this core and its clock (Hz), for the latency estimate
-
-    @property
-    def is_mcu(self) -> bool:
-        return self.machine is not None
-
-    @property
-    def default_kernels(self) -> str:
-        return "cmsis-nn" if self.is_mcu else "reference"
-
-
-MiB = 1024 * 1024
-PLATFORMS = {p.name: p for p in (
-    Platform("host", "this machine's g++ (64-bit pointers)"),
-    Platform("cortex-m4", "Arm MPS2 AN386 (Cortex-M4F) under qemu-system-arm",
-             ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
-             "mps2-an386", (0x00000000, 4 * MiB), (0x20000000, 4 * MiB), ("nRF52840", 64_000_000)),
-    Platform("cortex-m7", "Arm MPS2 AN500 (Cortex-M7, double-precision FPU) under qemu-system-arm",
-             ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
-             "mps2-an500", (0x00000000, 4 * MiB), (0x20000000, 4 * MiB), ("STM32F746", 216_000_000)),
-    # the SSE-300's 512 KiB ITCM stands in for flash and its 512 KiB DTCM for RAM
-    Platform("cortex-m55", "Arm MPS3 AN547 (Cortex-M55 with Helium/MVE) under qemu-system-arm",
-             ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
-             "mps3-an547", (0x00000000, 512 * 1024), (0x20000000, 512 * 1024),
-             ("Alif Ensemble E7 high-performance core", 400_000_000)),
-)}
-TARGETS = tuple(PLATFORMS)
-
-
-def platform(name: str) -> Platform:
-    if name not in PLATFORMS:
-        raise ExportError(f"unknown build target {name!r}: choose from {', '.join(PLATFORMS)}")
-    return PLATFORMS[name]
+TARGETS = tuple(hardware.CORES)  # --build
 
 
 CPI = (1.0, 2.0)
@@ -91,10 +47,10 @@ CPI_NOTE = ("assumes 1 to 2 cycles per instruction: these are single-issue cores
             "instructions, not cycles, so measure on the board for a real figure")
 
 
-def latency_estimate(instructions: int, board: str, clock_hz: int) -> dict:
-    """A latency range for one inference from its instruction count at a board's clock."""
-    low, high = (instructions * c / clock_hz * 1000 for c in CPI)
-    return {"board": board, "clock_mhz": clock_hz / 1e6, "ms_low": round(low, 3), "ms_high": round(high, 3),
+def latency_estimate(instructions: int, board: hardware.Board) -> dict:
+    """A latency range (milliseconds) for one inference from its instruction count at a board's clock."""
+    low, high = (instructions * c / (board.clock_mhz * 1e6) * 1000 for c in CPI)
+    return {"board": board.note, "clock_mhz": board.clock_mhz, "ms_low": round(low, 3), "ms_high": round(high, 3),
             "assumption": CPI_NOTE}
 
 
@@ -139,7 +95,7 @@ def _sources(tree: Path, kernels: str = "reference") -> list[Path]:
 class Toolchain:
     """The compilers and flags of one target and kernel choice."""
 
-    platform: Platform
+    platform: hardware.Core
     kernels: str
     cxx: str
     cc: str
@@ -158,7 +114,7 @@ class Toolchain:
 
 
 def toolchain(target: str, kernels: str | None = None) -> Toolchain:
-    plat = platform(target)
+    plat = hardware.core(target)
     kernels = kernels or plat.default_kernels
     if kernels not in KERNELS:
         raise ExportError(f"unknown kernels {kernels!r}: choose from {', '.join(KERNELS)}")
@@ -300,13 +256,13 @@ def _mcu_link_flags(tc: Toolchain, work: Path, map_file: Path) -> list[str]:
             "-Wl,--gc-sections", f"-Wl,-Map={map_file}"]
 
 
-def qemu_command(plat: Platform, elf: Path, plugin: list[str] = ()) -> list[str]:
+def qemu_command(plat: hardware.Core, elf: Path, plugin: list[str] = ()) -> list[str]:
     qemu = _tool("qemu-system-arm", "qemu-system-arm")
     return [qemu, "-M", plat.machine, "-display", "none", "-monitor", "none", "-serial", "null",
             "-semihosting-config", "enable=on,target=native", *plugin, "-kernel", str(elf)]
 
 
-def run_qemu(plat: Platform, elf: Path, plugin: list[str] = ()) -> subprocess.CompletedProcess:
+def run_qemu(plat: hardware.Core, elf: Path, plugin: list[str] = ()) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(qemu_command(plat, elf, plugin), capture_output=True, text=True,
                               timeout=RUN_TIMEOUT_S)

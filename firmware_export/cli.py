@@ -10,9 +10,10 @@ from contract.cli import run_cli
 
 
 def parser() -> argparse.ArgumentParser:
-    from .boards import BOARDS, LAYOUTS
+    from .boards import LAYOUTS
     from .build import KERNELS, TARGETS as BUILD_TARGETS
-    from .export import ARENA_MARGIN_PERCENT, TARGETS
+    from .export import ARENA_MARGIN_PERCENT
+    from .hardware import PRESETS, PROJECTS
 
     p = argparse.ArgumentParser(prog="python -m firmware_export",
                                 description="Export a full-int8 model as C sources for TensorFlow Lite Micro, "
@@ -20,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="a bundle folder (model.tflite + model.json) or a .tflite file")
     p.add_argument("--out", type=Path, required=True, help="folder for the sources")
     p.add_argument("--name", help="C name prefix (default: from the bundle folder or file name)")
-    presets = ", ".join(f"{k} ({v.ram_kb} KiB RAM, {v.flash_kb} KiB flash)" for k, v in TARGETS.items())
+    presets = ", ".join(f"{k} ({v.ram_kb} KiB RAM, {v.flash_kb} KiB flash)" for k, v in PRESETS.items())
     p.add_argument("--target", help=f"board preset: {presets}")
     p.add_argument("--flash-kb", type=int, help="flash budget in KiB (overrides the preset); the whole firmware "
                                                 "once a Cortex-M --build ran, else the model")
@@ -43,8 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=LAYOUTS,
                    help="write a board project instead of bare sources: an Arduino sketch folder "
                         "(--out/NAME/NAME.ino) or a PlatformIO project (platformio.ini, src/); needs --board")
-    p.add_argument("--board", help=f"the board of --layout: {', '.join(f'{k} ({v.note})' for k, v in BOARDS.items())}; "
-                                   "sets --target to its preset")
+    projects = ", ".join(f"{k} ({v.project.note})" for k, v in PROJECTS.items())
+    p.add_argument("--board", help=f"the board of --layout: {projects}; sets --target to its preset")
     p.add_argument("--flash", metavar="PORT",
                    help="with --layout: build and upload with arduino-cli or pio (an error when neither is here)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
@@ -74,30 +75,30 @@ def _board_project(args) -> int:
 
     from contract import atomic
 
-    from . import ExportError, boards
+    from . import ExportError, boards, hardware
     from .export import export
 
     if not (args.layout and args.board):
         raise ExportError("--layout, --board and --flash go together: pass --layout arduino|platformio and --board "
-                          f"{'|'.join(boards.BOARDS)}")
-    b = boards.board(args.board)
+                          f"{'|'.join(hardware.PROJECTS)}")
+    b = hardware.project_board(args.board)
     output = atomic.OutputDir(args.out, args.force)  # checked once, before the export's minutes
 
     def log(*a) -> None:
         print(*a, file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        result = export(args.model, Path(tmp) / "src", name=args.name, target=args.target or b.target,
+        result = export(args.model, Path(tmp) / "src", name=args.name, target=args.target or b.name,
                         flash_kb=args.flash_kb, ram_kb=args.ram_kb, compile_check=not args.no_compile,
                         margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
                         tflm_tree=args.tflm_tree, kernels=args.kernels, log=log)
         with output.staged() as stage:
-            project = boards.write_project(result.out, stage, result.report["name"], args.layout, b)
+            project = boards.write_project(result.out, stage, result.report["name"], args.layout, b.project)
             relative = project.relative_to(stage)
     project = Path(args.out) / relative
     result.out = project
     _summary(result)
-    print(f"  {args.layout} project for {b.note} in {project}")
-    boards.build_and_flash(args.layout, b, project, args.flash, log=log)
+    print(f"  {args.layout} project for {b.project.note} in {project}")
+    boards.build_and_flash(args.layout, b.project, project, args.flash, log=log)
     return 0
 
 

@@ -17,34 +17,12 @@ from contract.preprocess import Preprocessor
 from contract.quant import quantize
 from contract.runtime import Model, open_bundle
 
-from . import ExportError, compile as cc, generate, tflm
+from . import ExportError, compile as cc, generate, hardware, tflm
 
 ARENA_MARGIN_PERCENT = 5.0
 MEASURED_MARGIN_PERCENT = 1.0  # over the smallest arena measured on the target itself
 GOLDEN_COUNT = 5
 PARITY_MAX = 300
-
-
-@dataclass(frozen=True)
-class Target:
-    """A board: its RAM and flash, and the core the ARM compile uses."""
-
-    name: str
-    ram_kb: int
-    flash_kb: int
-    cpu: str
-    note: str
-    clock_mhz: int
-    stands_in: bool = False  # the ARM core only stands in for the compile (not this board's instruction set)
-
-
-TARGETS = {t.name: t for t in (
-    Target("nrf52840", 256, 1024, "cortex-m4", "Nordic nRF52840 (Arduino Nano 33 BLE): Cortex-M4F", 64),
-    Target("esp32s3", 512, 8192, "cortex-m4", "ESP32-S3 with 8 MB flash: Xtensa LX7 (ARM compile stands in)",
-           240, stands_in=True),
-    Target("rp2040", 264, 2048, "cortex-m0plus", "Raspberry Pi Pico (RP2040): Cortex-M0+", 133),
-    Target("stm32f746", 320, 1024, "cortex-m7", "STM32F746 Discovery: Cortex-M7", 216),
-)}
 
 
 @dataclass(frozen=True)
@@ -192,8 +170,7 @@ def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, ta
            flash_kb: int | None = None, ram_kb: int | None = None, force: bool = False, compile_check: bool = True,
            build: tuple = (), tflm_tree=None, kernels: str | None = None, log=lambda *a: None,
            margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None) -> ExportResult:
-    if target is not None and target not in TARGETS:
-        raise ExportError(f"unknown target {target!r}: choose from {', '.join(TARGETS)}")
+    board = hardware.preset(target) if target is not None else None
     output = out if isinstance(out, atomic.OutputDir) else atomic.OutputDir(out, force)  # the one check
     src = read_source(path)
     ident = generate.sanitise(name or src.default_name)
@@ -247,7 +224,7 @@ def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, ta
             (stage / fname).write_text(text)
         if compile_check:
             cc.host_roundtrip(stage, ident, src.model)
-            sections = cc.arm_sections(stage, ident, TARGETS[target].cpu if target else "cortex-m4")
+            sections = cc.arm_sections(stage, ident, board.cpu if board else "cortex-m4")
             report["sections"] = sections
             report["flash_bytes"] = cc.flash_bytes(sections)
             if sections["data"] >= len(src.model):
@@ -256,7 +233,7 @@ def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, ta
             report["flash_bytes"] = None
         if build:
             _build(stage, ident, cfg, source_name, report, build, kernels, tflm_tree, log,
-                   TARGETS[target] if target else None)
+                   board)
         _check_budget(report, target, flash_kb, ram_kb)
         (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(output.path, report)
@@ -268,14 +245,14 @@ def measured_arena(min_bytes: int) -> int:
 
 
 def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, report: dict, targets: tuple,
-           kernels: str | None, tflm_tree, log, target_board: Target | None = None) -> None:
+           kernels: str | None, tflm_tree, log, target_board: hardware.Board | None = None) -> None:
     """Probe every Cortex-M target for its smallest arena, emit the 32-bit figure from that, then build
     and run the firmware on each target with the emitted figure."""
     from . import build as builder
 
     tree = builder.find_tree(tflm_tree)
     targets = tuple(dict.fromkeys(targets))
-    mcu = {t: builder.platform(t).is_mcu for t in targets}
+    mcu = {t: hardware.core(t).is_mcu for t in targets}
     for t in targets:  # every tool present before minutes of compiling
         builder.toolchain(t, kernels if mcu[t] else None)
     probes = {t: builder.probe(stage, ident, tree, t, cfg.arena_bytes, kernels, log=log)
@@ -301,13 +278,11 @@ def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, repo
         if t in probes:
             result["probe"] = probes[t]
             insns = probes[t]["instructions_per_inference"]
-            plat = builder.platform(t)
-            board, clock = plat.board
-            # the --target board's own clock, when its core is this one
-            if target_board is not None and target_board.cpu == t and not target_board.stands_in:
-                board, clock = target_board.note, target_board.clock_mhz * 1_000_000
+            # the --target board's own clock when its core is this one, else a common board with this core
+            own = target_board is not None and target_board.cpu == t and not target_board.stands_in
+            at = target_board if own else hardware.reference_board(hardware.core(t))
             if insns:
-                result["latency_estimate"] = builder.latency_estimate(insns, board, clock)
+                result["latency_estimate"] = builder.latency_estimate(insns, at)
         report["build"][t] = result
 
 
@@ -316,7 +291,7 @@ def _whole_firmware(report: dict, target: str | None) -> tuple[str, dict] | None
     built = {t: b for t, b in report.get("build", {}).items() if "memory" in b}
     if not built:
         return None
-    cpu = TARGETS[target].cpu if target else None
+    cpu = hardware.preset(target).cpu if target else None
     name = cpu if cpu in built else next(iter(built))
     return name, built[name]["memory"]
 
@@ -324,7 +299,7 @@ def _whole_firmware(report: dict, target: str | None) -> tuple[str, dict] | None
 def _check_budget(report: dict, target: str | None, flash_kb: int | None, ram_kb: int | None) -> None:
     """Flash and RAM against the board: the whole firmware when it was built (TFLM, model, arena, C
     library, stack), else the model array and the arena alone."""
-    t = TARGETS.get(target) if target else None
+    t = hardware.preset(target) if target else None
     flash_kb = flash_kb or (t.flash_kb if t else None)
     ram_kb = ram_kb or (t.ram_kb if t else None)
     whole = _whole_firmware(report, target)

@@ -226,3 +226,16 @@ def test_the_output_folder_is_checked_once_per_export(digits_bundle, tmp_path, m
     assert main([str(digits_bundle), "--out", str(tmp_path / "sketch"), "--no-compile", "--layout", "arduino",
                  "--board", "nano33ble"]) == 0
     assert seen.count(tmp_path / "sketch") == 1 and (tmp_path / "sketch").is_dir()
+
+
+def test_one_hardware_table_for_cores_boards_and_clocks():
+    from firmware_export import build as builder, hardware
+
+    for core in hardware.CORES.values():
+        if core.is_mcu:  # the latency estimate's board has this very core
+            assert hardware.reference_board(core).cpu == core.name
+    assert hardware.project_board("nano33ble") is hardware.preset("nrf52840")  # --board sets --target
+    assert builder.latency_estimate(64_000_000, hardware.BOARDS["nrf52840"])["ms_low"] == 1000.0  # 1 s at 64 MHz
+    assert "alif-e7" not in hardware.PRESETS  # named for its clock only: no budgets to check against
+    with pytest.raises(ExportError, match="unknown target 'alif-e7'"):
+        hardware.preset("alif-e7")
