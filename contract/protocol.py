@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Iterable
 
 FORMATS = ("jsonl", "binary")
@@ -94,6 +94,11 @@ class Hello:
             d["input"] = self.input
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Hello":
+        return cls(tuple(d["labels"]), _number(d.get("period", 0.0)), str(d.get("format", "")),
+                   str(d.get("model_sha256", "")), d["input"] if isinstance(d.get("input"), dict) else None)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -104,6 +109,7 @@ class Prediction:
     topk: list  # [[label, score], ...], best first
     ms: dict  # per stage, milliseconds
     truth: int | None = None  # the known class of a replayed frame
+    topk_capped: bool = False  # the sender cut topk to MAX_TOPK entries
     type: ClassVar[str] = "prediction"
 
     def to_dict(self) -> dict:
@@ -111,7 +117,18 @@ class Prediction:
              "topk": self.topk, "ms": self.ms}
         if self.truth is not None:
             d["truth"] = self.truth
+        if self.topk_capped:
+            d["topk_capped"] = True
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Prediction":
+        ms = d.get("ms", {})
+        if not isinstance(ms, dict):
+            raise ProtocolError("prediction.ms must be an object of stage -> milliseconds")
+        return cls(d["seq"], _number(d.get("t", 0.0)), d["label"], _number(d["score"]),
+                   [[name, _number(score)] for name, score in d["topk"]],
+                   {str(k): _number(v) for k, v in ms.items()}, d.get("truth"), d.get("topk_capped") is True)
 
 
 @dataclass(frozen=True)
@@ -124,14 +141,73 @@ class Skip:
     def to_dict(self) -> dict:
         return {"type": "skip", "seq": self.seq, "t": self.t, "reason": self.reason}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Skip":
+        return cls(d["seq"], _number(d.get("t", 0.0)), str(d.get("reason", "")))
+
 
 @dataclass(frozen=True)
 class Status:
-    values: dict  # frames, predictions, bad_frames, misses, drops, reconnects, latency_ms, ...
+    """A device's counters since it started; over MQTT also its availability (``state``).
+
+    An availability-only status (``{"type": "status", "state": "offline"}``, the last will) has
+    ``frames`` None. ``counters`` holds what a source adds (bad_lines, source_reconnects).
+    """
+
+    frames: int | None = None
+    predictions: int = 0
+    bad_frames: int = 0
+    misses: int = 0
+    drops: int = 0
+    reconnects: int = 0
+    period: float = 0.0
+    uptime: float = 0.0
+    latency_ms: dict = field(default_factory=dict)  # p50, p99 of the whole frame
+    stages_ms: dict = field(default_factory=dict)  # p50 per stage
+    accuracy: float | None = None  # on labelled (replayed) frames
+    counters: dict = field(default_factory=dict)
+    state: str | None = None  # "online" or "offline", over MQTT
     type: ClassVar[str] = "status"
 
     def to_dict(self) -> dict:
-        return {"type": "status", **self.values}
+        d: dict = {"type": "status"}
+        if self.frames is not None:
+            d.update(frames=self.frames, predictions=self.predictions, bad_frames=self.bad_frames,
+                     misses=self.misses, drops=self.drops, reconnects=self.reconnects, period=self.period,
+                     uptime=self.uptime, latency_ms=self.latency_ms, stages_ms=self.stages_ms)
+            if self.accuracy is not None:
+                d["accuracy"] = self.accuracy
+            d.update(self.counters)
+        if self.state is not None:
+            d["state"] = self.state
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Status":
+        known = {f for f in _STATUS_FIELDS if f in d}
+        values = {f: d[f] for f in known}
+        counters = {k: v for k, v in d.items() if k not in known and k != "type"
+                    and isinstance(v, int) and not isinstance(v, bool)}
+        for key in ("latency_ms", "stages_ms"):
+            if not isinstance(values.get(key, {}), dict):
+                raise ProtocolError(f"status.{key} must be an object")
+        for key in ("period", "uptime"):
+            if key in values:
+                values[key] = _number(values[key])
+        if values.get("state") not in (None, *STATES):
+            raise ProtocolError("status.state must be online or offline")
+        return cls(**values, counters=counters)
+
+
+_STATUS_FIELDS = ("frames", "predictions", "bad_frames", "misses", "drops", "reconnects", "period", "uptime",
+                  "latency_ms", "stages_ms", "accuracy", "state")
+RECORDS = {r.type: r for r in (Hello, Prediction, Skip, Status)}
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{value!r:.40} is not a number")
+    return float(value)
 
 
 def _as_dict(msg) -> dict:
@@ -262,7 +338,8 @@ class Decoder:
         self._buf = bytearray()
         self._sep = self._codec.separator
 
-    def feed(self, data: bytes) -> list[dict]:
+    def feed(self, data: bytes) -> list:
+        """The whole records (Hello, Prediction, Skip, Status) in ``data`` and what came before it."""
         self._buf += data
         *chunks, rest = self._buf.split(self._sep)
         self._buf = bytearray(rest)
@@ -274,15 +351,15 @@ class Decoder:
             if not chunk.strip():
                 continue
             try:
-                msg = check(self._codec.decode(bytes(chunk), self.labels))
+                msg = record(self._codec.decode(bytes(chunk), self.labels))
             except (ProtocolError, ValueError, KeyError, IndexError, TypeError, struct.error, UnicodeDecodeError,
-                    RecursionError):
+                    RecursionError, OverflowError):
                 self.errors += 1
                 if self._looks_other(bytes(chunk)):
                     self.other_format += 1
                 continue
-            if msg["type"] == "hello":
-                self.labels = list(msg["labels"])
+            if msg.type == "hello":
+                self.labels = list(msg.labels)
             out.append(msg)
         return out
 
@@ -300,6 +377,12 @@ _FIELDS = {  # per kind: field -> the JSON types it may have
     "status": {"frames": int},
 }
 STATES = ("online", "offline")  # a status over MQTT may be availability alone: {"type": "status", "state": ...}
+
+
+def record(msg: dict):
+    """The typed record of a decoded message (the types encoding takes); ProtocolError when a field
+    its kind needs is missing or of the wrong type."""
+    return RECORDS[check(msg)["type"]].from_dict(msg)
 
 
 def check(msg: dict) -> dict:

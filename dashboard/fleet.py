@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from contract.protocol import Decoder, looks_like_jpeg
+from contract.protocol import Decoder, Hello, Prediction, Skip, Status, looks_like_jpeg
 
 RECENT = 24  # predictions kept for the dashboard's strip
 STAGE_WINDOW = 2000  # per-stage latencies kept for p50/p99
@@ -24,8 +24,8 @@ class Monitor:
 
     def __init__(self, fmt: str, labels=()):
         self.decoder = Decoder(fmt, labels)
-        self.last: dict | None = None
-        self.status: dict | None = None
+        self.last: Prediction | None = None
+        self.status: Status | None = None  # the latest with counters
         self.period = 0.0
         self.predictions = 0
         self.skips = 0
@@ -38,7 +38,7 @@ class Monitor:
         self.stage_ms: dict[str, collections.deque] = {}
         self.recent: collections.deque = collections.deque(maxlen=RECENT)
         self.duplicates = 0  # a message delivered twice (QoS 1 after a reconnect)
-        self.hello: dict | None = None
+        self.hello: Hello | None = None
         self.online: bool | None = None  # from an MQTT status topic
         self.last_seen: float | None = None
         self._next_seq: int | None = None
@@ -49,53 +49,52 @@ class Monitor:
     def errors(self) -> int:
         return self.decoder.errors
 
-    def feed(self, data: bytes) -> list[dict]:
+    def feed(self, data: bytes) -> list:
+        """The records decoded from ``data`` (in any chunking), each taken into the state."""
         msgs = self.decoder.feed(data)
         kept = []
         for m in msgs:
             try:
                 self._take(m)
                 kept.append(m)
-            except (TypeError, ValueError, KeyError, AttributeError):  # a well-framed message with odd values
+            except (TypeError, ValueError, OverflowError):  # a well-framed record with odd values
                 self.decoder.errors += 1
         return kept
 
-    def _take(self, m: dict) -> None:
-        """One checked message into the state; odd values raise before anything changes."""
-        kind = m["type"]
+    def _take(self, m) -> None:
+        """One typed record into the state; odd values raise before anything changes."""
         self.last_seen = time.time()
-        if kind == "hello":
-            self.period = float(m.get("period", 0) or 0)
+        if isinstance(m, Hello):
+            self.period = m.period
             self.hello = m
-        elif kind == "status":
-            if "state" in m:
-                self.online = m["state"] == "online"
-            if "frames" in m:
+        elif isinstance(m, Status):
+            if m.state is not None:
+                self.online = m.state == "online"
+            if m.frames is not None:
                 self.status = m
-        elif kind == "skip":
-            if self._duplicate(m["seq"], m.get("t")):
+        elif isinstance(m, Skip):
+            if self._duplicate(m.seq, m.t):
                 return
-            self._sequence(m["seq"])
+            self._sequence(m.seq)
             self.skips += 1
-        elif kind == "prediction":
-            stages = {str(k): float(v) for k, v in m.get("ms", {}).items()}
-            latency = sum(stages.values())
-            if self._duplicate(m["seq"], m.get("t")):
+        elif isinstance(m, Prediction):
+            latency = sum(m.ms.values())
+            if self._duplicate(m.seq, m.t):
                 return
-            self._sequence(m["seq"])
-            for stage, v in stages.items():
+            self._sequence(m.seq)
+            for stage, v in m.ms.items():
                 self.stage_ms.setdefault(stage, collections.deque(maxlen=STAGE_WINDOW)).append(v)
-            self.recent.append({"seq": m["seq"], "label": m["label"], "score": m["score"]})
+            self.recent.append({"seq": m.seq, "label": m.label, "score": m.score})
             self.last = m
             self.predictions += 1
-            self.counts[m["label"]] = self.counts.get(m["label"], 0) + 1
+            self.counts[m.label] = self.counts.get(m.label, 0) + 1
             if len(self.latency) < 100_000:
                 self.latency.append(latency)
-            if "truth" in m:
+            if m.truth is not None:
                 self.labelled += 1
                 labels = self.decoder.labels
-                truth = labels[m["truth"]] if 0 <= m["truth"] < len(labels) else str(m["truth"])
-                self.correct += int(m["label"] == truth)  # an "unknown" counts as wrong, as on the device
+                truth = labels[m.truth] if 0 <= m.truth < len(labels) else str(m.truth)
+                self.correct += int(m.label == truth)  # an "unknown" counts as wrong, as on the device
 
     def _duplicate(self, seq: int, t) -> bool:
         """The same message again (a QoS 1 resend: same seq, same t): counted, and not taken twice."""
@@ -133,7 +132,8 @@ class Monitor:
         if self.labelled:
             out["accuracy"] = round(self.correct / self.labelled, 6)
         if self.status:
-            out["device"] = {k: self.status.get(k) for k in ("frames", "misses", "drops", "reconnects", "bad_frames")}
+            out["device"] = {k: getattr(self.status, k) for k in ("frames", "misses", "drops", "reconnects",
+                                                                   "bad_frames")}
         if self.online is not None:
             out["online"] = self.online
         return out
@@ -142,11 +142,11 @@ class Monitor:
         """Everything the dashboard shows for this device, JSON-ready."""
         stages = {k: {"p50": round(float(np.percentile(v, 50)), 4), "p99": round(float(np.percentile(v, 99)), 4)}
                   for k, v in self.stage_ms.items() if v}
-        last = self.last or {}
-        return {**self.summary(), "label": last.get("label"), "score": last.get("score"), "seq": last.get("seq"),
-                "topk": last.get("topk", []), "labels": self.decoder.labels, "recent": list(self.recent),
-                "stages_ms": stages, "period": self.period, "labelled": self.labelled,
-                "last_seen": self.last_seen, "model_sha256": (self.hello or {}).get("model_sha256")}
+        last = self.last
+        return {**self.summary(), "label": last and last.label, "score": last and last.score,
+                "seq": last and last.seq, "topk": last.topk if last else [], "labels": self.decoder.labels,
+                "recent": list(self.recent), "stages_ms": stages, "period": self.period, "labelled": self.labelled,
+                "last_seen": self.last_seen, "model_sha256": self.hello.model_sha256 if self.hello else None}
 
 
 class Fleet:
@@ -192,7 +192,7 @@ class Fleet:
             m = self.monitor(device)
             before = m.errors
             kept = m.feed(payload + b"\n")
-            if m.errors > before or any(msg["type"] not in (kind, "skip") for msg in kept):
+            if m.errors > before or any(msg.type not in (kind, "skip") for msg in kept):
                 self.foreign += 1
 
     def count(self) -> int:

@@ -114,7 +114,7 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
             msg.update(counters())
         if on_status:
             on_status(msg)
-        return Status(msg)
+        return Status.from_dict(msg)
 
     ping = watchdog.ping if watchdog else (lambda: None)
     slice_s = watchdog.interval if watchdog and watchdog.interval else None

@@ -11,8 +11,8 @@ def render(m: Monitor) -> str:
     """A screenful: latest label, a bar per class, latency against the period, counters."""
     lines = []
     if m.last:
-        lines.append(f"seq {m.last['seq']}  label {m.last['label']}  score {m.last['score']:.3f}")
-        scores = {name: s for name, s in m.last.get("topk", [])}
+        lines.append(f"seq {m.last.seq}  label {m.last.label}  score {m.last.score:.3f}")
+        scores = {name: s for name, s in m.last.topk}
         for name in m.decoder.labels or scores:
             s = float(scores.get(name, 0.0))
             lines.append(f"  {name[:14]:14s} {'#' * int(round(s * BAR)):{BAR}s} {s:5.2f}  n={m.counts.get(name, 0)}")

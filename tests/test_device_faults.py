@@ -223,10 +223,10 @@ def test_encoder_bounds(fmt):
     enc, dec = Encoder(fmt, LABELS), Decoder(fmt, LABELS)
     big = prediction(2 ** 32 + 5, truth=40000, topk=[["c1", 0.1]] * 300)
     out = dec.feed(enc.encode(big) + enc.encode({"type": "skip", "seq": 2 ** 40, "t": 1.0, "reason": "x"}))
-    assert out[0]["seq"] == 2 ** 32 + 5 and out[0]["truth"] == 40000 and len(out[0]["topk"]) == MAX_TOPK
-    assert out[1]["seq"] == 2 ** 40 and dec.errors == 0
+    assert out[0].seq == 2 ** 32 + 5 and out[0].truth == 40000 and len(out[0].topk) == MAX_TOPK
+    assert out[1].seq == 2 ** 40 and dec.errors == 0
     if fmt == "jsonl":
-        assert out[0]["topk_capped"] is True
+        assert out[0].topk_capped is True
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "binary"])
@@ -235,7 +235,7 @@ def test_a_hello_of_any_size_decodes(fmt):
     frame = Encoder(fmt, labels).encode({"type": "hello", "labels": labels, "period": 1.0})
     assert len(frame) > 4096
     dec = Decoder(fmt)
-    assert dec.feed(frame)[0]["labels"] == labels and dec.labels == labels
+    assert list(dec.feed(frame)[0].labels) == labels and dec.labels == labels
 
 
 @pytest.mark.parametrize("line, ok", [
@@ -409,7 +409,7 @@ def test_fan_out_feeds_every_output_and_sums_their_counters(digits_bundle, tmp_p
             def drain(port, out):  # read while the app runs: a pty holds only a few KB
                 dec = Decoder("jsonl")
                 while not done.is_set():
-                    out += [m["seq"] for m in dec.feed(port.read(65536)) if m["type"] == "prediction"]
+                    out += [m.seq for m in dec.feed(port.read(65536)) if m.type == "prediction"]
             readers = [threading.Thread(target=drain, args=(p, o), daemon=True) for p, o in zip((a, b), streams)]
             for t in readers:
                 t.start()

@@ -68,12 +68,12 @@ def test_unplugged_port_is_reopened_and_counted(digits_bundle, tmp_path):
         socat.terminate()
         app.kill()
     assert app.returncode == 0, err
-    seq_before = [m["seq"] for m in before if m["type"] == "prediction"]
-    seq_after = [m["seq"] for m in after if m["type"] == "prediction"]
+    seq_before = [m.seq for m in before if m.type == "prediction"]
+    seq_after = [m.seq for m in after if m.type == "prediction"]
     assert seq_before and seq_after and min(seq_after) > max(seq_before)  # seq keeps counting across the gap
-    assert any(m["type"] == "hello" for m in after)  # a late reader still learns the labels
-    statuses = [m for m in after if m["type"] == "status"]
-    assert statuses and statuses[-1]["reconnects"] >= 1
+    assert any(m.type == "hello" for m in after)  # a late reader still learns the labels
+    statuses = [m for m in after if m.type == "status"]
+    assert statuses and statuses[-1].reconnects >= 1
     summary = summary_of(err)
     assert summary["reconnects"] >= 1 and summary["frames"] > len(seq_before) + len(seq_after)
 
@@ -92,8 +92,8 @@ def test_sigterm_finishes_flushes_and_exits_zero(digits_bundle, tmp_path):
     finally:
         socat.terminate()
     assert app.returncode == 0
-    assert any(m["type"] == "prediction" for m in first)
-    assert (first + rest)[-1]["type"] == "status"  # the final status was flushed before closing
+    assert any(m.type == "prediction" for m in first)
+    assert (first + rest)[-1].type == "status"  # the final status was flushed before closing
     assert "device: frames" in err and "Traceback" not in err
 
 

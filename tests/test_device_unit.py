@@ -210,9 +210,9 @@ def test_loop_over_loop_url_stream_decodes(digits_bundle):
     assert sink.flush(2.0)
     dec = Decoder("binary", b.spec.labels)
     msgs = dec.feed(port.read(100_000))
-    preds = [m for m in msgs if m["type"] == "prediction"]
-    assert [m["seq"] for m in preds] == list(range(30)) and dec.errors == 0
-    assert msgs[-1]["type"] == "status" and msgs[-1]["frames"] == stats.frames == 30
+    preds = [m for m in msgs if m.type == "prediction"]
+    assert [m.seq for m in preds] == list(range(30)) and dec.errors == 0
+    assert msgs[-1].type == "status" and msgs[-1].frames == stats.frames == 30
     sink.close()
 
 

@@ -5,7 +5,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from contract.protocol import Decoder, Encoder, cobs_decode, cobs_encode
+from contract.protocol import Decoder, Encoder, Hello, Prediction, Skip, Status, cobs_decode, cobs_encode
 
 LABELS = ["walk", "run", "sit"]
 
@@ -34,12 +34,15 @@ def test_round_trip_every_kind(fmt):
             {"type": "status", "frames": 3, "misses": 0, "latency_ms": {"p50": 0.5, "p99": 0.9}}]
     dec = Decoder(fmt)
     out = dec.feed(b"".join(enc.encode(m) for m in msgs))
-    assert [m["type"] for m in out] == ["hello", "prediction", "prediction", "skip", "status"]
-    assert out[1]["label"] == "run" and out[1]["truth"] == 1 and out[1]["seq"] == 0
-    assert out[1]["topk"][0][0] == "run" and abs(out[1]["topk"][0][1] - 0.75) < 1e-6
-    assert abs(out[1]["ms"]["invoke"] - 0.5) < 1e-6
-    assert out[2]["label"] == "unknown"
-    assert out[3]["reason"].startswith("frame of shape") and out[3]["seq"] == 2
+    assert [type(m) for m in out] == [Hello, Prediction, Prediction, Skip, Status]  # the types encoding takes
+    assert out[1].label == "run" and out[1].truth == 1 and out[1].seq == 0
+    assert out[1].topk[0][0] == "run" and abs(out[1].topk[0][1] - 0.75) < 1e-6
+    assert abs(out[1].ms["invoke"] - 0.5) < 1e-6
+    assert out[2].label == "unknown"
+    assert out[3].reason.startswith("frame of shape") and out[3].seq == 2
+    assert out[4].frames == 3 and out[4].latency_ms == {"p50": 0.5, "p99": 0.9} and out[4].state is None
+    again = Decoder(fmt).feed(b"".join(enc.encode(m) for m in out))  # records encode to what they came from
+    assert again == out
     assert dec.errors == 0
 
 
@@ -51,7 +54,7 @@ def test_binary_is_compact_and_crc_checked():
     damaged[5] ^= 0x40
     dec = Decoder("binary", LABELS)
     assert dec.feed(bytes(damaged)) == [] and dec.errors == 1
-    assert dec.feed(frame)[0]["seq"] == 7  # the next good frame decodes
+    assert dec.feed(frame)[0].seq == 7  # the next good frame decodes
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "binary"])
@@ -71,7 +74,7 @@ def test_decoder_resynchronises_after_garbage_and_truncation(fmt, garbage, seed)
         n = rng.randrange(1, 40)
         got += dec.feed(stream[i:i + n])
         i += n
-    seqs = [m["seq"] for m in got if m.get("type") == "prediction"]
+    seqs = [m.seq for m in got if m.type == "prediction"]
     assert seqs[:2] == [0, 1] and seqs[-3:] == [3, 4, 5]
     assert set(seqs) <= {0, 1, 2, 3, 4, 5}
 
@@ -82,4 +85,4 @@ def test_overlong_garbage_without_delimiter_is_dropped():
 
     dec.feed(b"\x07" * (MAX_FRAME + 1000))
     assert dec.errors == 1
-    assert dec.feed(Encoder("binary", LABELS).encode(prediction(1)))[0]["seq"] == 1
+    assert dec.feed(Encoder("binary", LABELS).encode(prediction(1)))[0].seq == 1

@@ -62,11 +62,11 @@ class Receiver:
                     self.messages += dec.feed(data)
 
     def predictions(self, since: int = 0) -> list[dict]:
-        return [m for m in self.messages[since:] if m["type"] == "prediction"]
+        return [m for m in self.messages[since:] if m.type == "prediction"]
 
     def wait_for(self, count: int, seconds: float, since: int = 0) -> list[dict]:
         end = time.monotonic() + seconds
-        while time.monotonic() < end and len({m["seq"] for m in self.predictions(since)}) < count:
+        while time.monotonic() < end and len({m.seq for m in self.predictions(since)}) < count:
             time.sleep(0.5)
         return self.predictions(since)
 
@@ -104,9 +104,9 @@ def test_deploy_to_an_emulated_pi(digits_bundle, tmp_path):
         preds = rx.wait_for(n, 600)
         first = {}
         for m in preds:
-            first.setdefault(m["seq"], m)
+            first.setdefault(m.seq, m)
         assert set(range(n)) <= set(first), f"{len(first)} of {n} frames arrived"
-        correct = sum(int(first[i]["label"] == str(testset["y"][i])) for i in range(n))
+        correct = sum(int(first[i].label == str(testset["y"][i])) for i in range(n))
         report = json.loads((digits_bundle / "report.json").read_text())
         built = report["variants"][report["bundle_variant"]]["accuracy"]
         print(f"emulated Pi: {correct} of {n} correct ({correct / n:.4f}); the build measured {built:.4f}")
