@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,29 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{name} is missing in CI: 'make system-deps' should have installed it")
     pytest.skip(f"{name} is not installed (make system-deps installs it)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_tmp(tmp_path_factory):
+    """Every temporary file of the run (ours, TensorFlow's autograph modules, the child processes')
+    in a folder of pytest's own, which it rotates; nothing else may appear in the system's.
+
+    TensorFlow removes its autograph files only at a clean interpreter exit, so a process that was
+    killed left dozens of them in /tmp on every run.
+    """
+    system = Path(tempfile.gettempdir())
+    before = set(os.listdir(system))
+    private = tmp_path_factory.mktemp("tmp")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(private)  # this process, and every child it starts
+    yield private
+    tempfile.tempdir = saved[1]
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    left = sorted(n for n in set(os.listdir(system)) - before if not n.startswith("pytest-of-"))
+    assert not left, f"the tests left these in {system}: {left[:10]}"
 
 
 @pytest.fixture(scope="session")
