@@ -88,9 +88,8 @@ check_value() {
   [[ $2 != *[[:cntrl:]]* ]] || die "$1 must not contain control characters"
 }
 
+# deploy.sh's own options here; what the service runs with is checked by the app's own code (check_app)
 check_options() {
-  [[ $FORMAT == jsonl || $FORMAT == binary ]] || die "--format must be jsonl or binary, not '$FORMAT'"
-  [[ $PERIOD =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--period must be a number of seconds, not '$PERIOD'"
   [[ -z $SSH_PORT || $SSH_PORT =~ ^[0-9]+$ ]] || die "--ssh-port must be a number, not '$SSH_PORT'"
   [[ -z $SSH_CONFIG || -f $SSH_CONFIG ]] || die "--ssh-config $SSH_CONFIG does not exist"
   [[ -z $REMOTE_DIR || $REMOTE_DIR == /* ]] || die "--remote-dir must be an absolute path, not '$REMOTE_DIR'"
@@ -101,7 +100,6 @@ check_options() {
     check_value --port "$p"
     if [[ $p == mqtt://* || $p == mqtts://* ]]; then
       mqtt=1
-      [[ ${p%%\?*} != *@* ]] || die "--port: no user name or password in an MQTT URL (it would show in ps and in the journal): use --mqtt-credentials FILE"
     elif [[ $p == /* && -z $PORT ]]; then
       PORT=$p
     fi
@@ -110,16 +108,23 @@ check_options() {
     ((mqtt)) || die "--mqtt-credentials needs an MQTT --port (mqtt://HOST/PREFIX?device=ID)"
     [[ -f $MQTT_CREDENTIALS ]] || die "--mqtt-credentials $MQTT_CREDENTIALS does not exist"
   fi
-  [[ -z $DASHBOARD || $DASHBOARD =~ ^[A-Za-z0-9.:-]+:[0-9]+$ ]] || die "--dashboard must be HOST:PORT, e.g. 0.0.0.0:8080"
 }
 
-check_bundle() {
+# python -m device.service from this checkout, with the repository's venv ('make venv'): the app's
+# own parsers check the options and write the unit, so no rule is written twice
+app_service() {
+  local py=python3
+  [[ -x $HERE/.venv/bin/python ]] && py=$HERE/.venv/bin/python
+  "$py" -c 'import numpy' 2>/dev/null ||
+    die "deploy.sh checks the options with the app's own code and needs its Python packages: run 'make venv' first"
+  PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$py" -m device.service "$@"
+}
+
+# The service's options and the bundle, refused with one line as the app would refuse them at start.
+check_app() {
   [[ -n $MODEL ]] || die "--model BUNDLE_DIR is required (build one with: python -m build_model --out DIR)"
-  [[ -d $MODEL ]] || die "bundle folder $MODEL does not exist"
-  local f
-  for f in model.tflite model.json; do
-    [[ -f $MODEL/$f ]] || die "bundle $MODEL is incomplete: $f is missing; rebuild it with python -m build_model"
-  done
+  device_args
+  app_service check -- "${DEVICE_ARGS[@]}" --model "$MODEL" || exit 1
 }
 
 # ---- ssh ---------------------------------------------------------------------
@@ -178,12 +183,12 @@ on_target() {
   local fn=on_target_$1
   shift
   remote "$(vars "$@")
-$(declare -f on_target_prelude is_ours app_running stop_app systemd_quote fill_unit "$fn")
+$(declare -f on_target_prelude is_ours app_running stop_app "$fn")
 on_target_prelude
 $fn"
 }
 
-# shellcheck disable=SC2154  # need_camera, fingerprint, app_sha, bundle_sha, mode, unit, cmd come through vars
+# shellcheck disable=SC2154  # need_camera, fingerprint, app_sha, bundle_sha, mode, args come through vars
 on_target_preflight() {
   problems=0
   problem() { printf 'problem: %s\n' "$*"; problems=$((problems + 1)); }
@@ -281,22 +286,30 @@ on_target_prepare_bundle() {
 on_target_start() {
   b="$DIR/bundles/$bundle_sha"
   rm -rf "$b" && mv "$b.new" "$b"
+  device_args=()
+  eval "device_args=($args)"  # %q-quoted words: data, never commands
+  # the whole bundle gate with this Pi's interpreter, before anything running is touched
+  (cd "$b" && "$DIR/venv/bin/python" -m device.service check --interpreter -- "${device_args[@]}") || exit 1
+  if [[ $mode == systemd ]]; then
+    "$DIR/venv/bin/python" -m device.service unit --dir "$DIR" --user "$(id -un)" -- "${device_args[@]}" \
+      > "$DIR/tinysense.service.new" || exit 1
+  fi
   ln -sfn "bundles/$bundle_sha" "$DIR/current.new" && mv -T "$DIR/current.new" "$DIR/current"
   stop_app
   echo "$mode" > "$DIR/mode"
   if [[ $mode == systemd ]]; then
-    printf '%s\n' "$unit" | fill_unit "$DIR" "$(id -un)" > "$DIR/tinysense.service"
+    mv -f "$DIR/tinysense.service.new" "$DIR/tinysense.service"
     sudo -n install -m 644 "$DIR/tinysense.service" /etc/systemd/system/tinysense.service
     sudo -n systemctl daemon-reload
     sudo -n systemctl enable --quiet tinysense
     sudo -n systemctl restart tinysense
   else
     cd "$DIR/current"
-    cmd=${cmd//@DIR@/$(printf '%q' "$DIR")}
+    cmd=${args//@DIR@/$(printf '%q' "$DIR")}
     touch "$DIR/tinysense.log"
     n0=$(wc -l < "$DIR/tinysense.log")
     # restarts the app when it fails; a clean exit (SIGTERM) ends the loop
-    setsid bash -c "until $(printf '%q' "$DIR/venv/bin/python") $cmd; do sleep 2; done" \
+    setsid bash -c "until $(printf '%q' "$DIR/venv/bin/python") -m device $cmd; do sleep 2; done" \
       >> "$DIR/tinysense.log" 2>&1 < /dev/null &
     echo $! > "$DIR/tinysense.pid"
   fi
@@ -373,97 +386,28 @@ bundle_tar() {
 
 sha() { sha256sum | cut -c1-16; }
 
-# The command the service runs, relative to the deploy folder; the bundle folder is its cwd.
-app_args() {
+# The options of python -m device for the service, relative to the deploy folder (@DIR@ stands
+# for it); the bundle folder is its cwd.
+device_args() {
   local p
-  APP_ARGS=(-m device --model . --source "$SOURCE" --period "$PERIOD" --format "$FORMAT")
+  DEVICE_ARGS=(--model . --source "$SOURCE" --period "$PERIOD" --format "$FORMAT")
   for p in "${PORTS[@]}"; do
     if [[ -n $MQTT_CREDENTIALS && ( $p == mqtt://* || $p == mqtts://* ) ]]; then
       # the path of the copied file (@DIR@: the deploy folder), not the secret itself
       [[ $p == *\?* ]] && p+="&" || p+="?"
       p+="credentials=@DIR@/mqtt-credentials"
     fi
-    APP_ARGS+=(--port "$p")
+    DEVICE_ARGS+=(--port "$p")
   done
-  [[ -z $DASHBOARD ]] || APP_ARGS+=(--dashboard "$DASHBOARD")
-}
-
-# systemd's own quoting: double quotes, with \, ", % and $ escaped
-systemd_quote() {
-  local s=$1
-  s=${s//\\/\\\\}
-  s=${s//\"/\\\"}
-  s=${s//%/%%}
-  s=${s//\$/\$\$}
-  printf '"%s"' "$s"
-}
-
-# The unit with @DIR@ and @USER@ left in; fill_unit puts in the real ones, escaped for systemd.
-unit_text() {
-  local exec arg
-  app_args
-  exec=$(systemd_quote "@DIR@/venv/bin/python")
-  for arg in "${APP_ARGS[@]}"; do exec+=" $(systemd_quote "$arg")"; done
-  cat <<EOF
-# Written by tinysense deploy.sh. Remove with: ./deploy.sh remove @USER@@<host>
-[Unit]
-Description=tinysense classifier: predictions over serial or MQTT
-After=network-online.target
-Wants=network-online.target
-StartLimitIntervalSec=0
-
-[Service]
-# the app says READY=1 and pings the watchdog from its frame loop: a hung loop is restarted
-Type=notify
-NotifyAccess=main
-WatchdogSec=30
-User=@USER@
-SupplementaryGroups=dialout video
-WorkingDirectory=@WDIR@/current
-ExecStart=$exec
-Restart=on-failure
-RestartSec=2
-KillSignal=SIGTERM
-TimeoutStopSec=15
-StandardOutput=journal
-StandardError=journal
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=read-only
-ReadWritePaths="@DIR@"
-PrivateTmp=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-RestrictSUIDSGID=yes
-
-[Install]
-WantedBy=multi-user.target
-EOF
-}
-
-# fill_unit DIR USER < unit: the one place the real folder and user go in. Inside ExecStart's
-# quotes systemd_quote's rules apply; elsewhere (WorkingDirectory=, ReadWritePaths=) specifiers
-# are escaped and a backslash is refused. Run here by './deploy.sh unit' and, sent with
-# declare -f, on the target by './deploy.sh pi': both write the same unit.
-fill_unit() {
-  local dir=$1 user=$2 text q
-  [[ $dir != *\\* ]] || { echo "the folder $dir holds a backslash: pass another --remote-dir" >&2; return 1; }
-  text=$(cat)
-  q=$(systemd_quote "$dir")
-  q=${q#\"}
-  q=${q%\"}
-  text=${text//@DIR@/$q}
-  text=${text//@WDIR@/${dir//%/%%}}
-  printf '%s\n' "${text//@USER@/$user}"
+  [[ -z $DASHBOARD ]] || DEVICE_ARGS+=(--dashboard "$DASHBOARD")
 }
 
 # ---- pi ------------------------------------------------------------------------
 
 deploy_pi() {
   check_host "$HOST"
-  check_bundle
   check_options
+  check_app
   ssh_cmd
   say "checking $HOST ..."
   if ! preflight; then
@@ -474,8 +418,8 @@ deploy_pi() {
   app_sha=$(app_tar | sha)
   bundle_sha=$(bundle_tar | sha)
   mode=$( ((USE_SYSTEMD)) && echo systemd || echo background)
-  app_args
-  config_sha=$( { printf '%s\n' "$mode" "${APP_ARGS[@]}"; [[ -z $MQTT_CREDENTIALS ]] || cat "$MQTT_CREDENTIALS"; } | sha)
+  device_args
+  config_sha=$( { printf '%s\n' "$mode" "${DEVICE_ARGS[@]}"; [[ -z $MQTT_CREDENTIALS ]] || cat "$MQTT_CREDENTIALS"; } | sha)
   # shellcheck disable=SC2034  # read by name in vars
   local fingerprint="$app_sha $bundle_sha $config_sha"
   # where tar unpacks: --remote-dir, or ~/tinysense (ssh starts in the home folder)
@@ -527,13 +471,12 @@ deploy_pi() {
     fi
   fi
 
-  # 5. the service (or a supervised background process), then start
-  local unit=""
+  # 5. the service (or a supervised background process), then start; the Pi checks the bundle with
+  # its own interpreter and writes the unit with the app's own code
+  local args
   # shellcheck disable=SC2034  # read by name in vars
-  ((USE_SYSTEMD)) && unit=$(unit_text)
-  local cmd
-  cmd=$(quote "${APP_ARGS[@]}")
-  on_target start REMOTE_DIR bundle_sha fingerprint mode unit cmd || die "starting the app on $HOST failed (see the lines above)"
+  args=$(quote "${DEVICE_ARGS[@]}")
+  on_target start REMOTE_DIR bundle_sha fingerprint mode args || die "starting the app on $HOST failed (see the lines above)"
   if ((DRY_RUN)); then
     say "dry run: nothing was changed"
   else
@@ -565,7 +508,7 @@ remove_pi() {
 # (firmware_export/boards.py, boards in hardware.py), so the sketch folder, the .ino and the C names agree.
 deploy_firmware() {
   [[ -n $MODEL ]] || die "firmware needs a bundle folder: ./deploy.sh firmware BUNDLE_DIR --board BOARD --out DIR"
-  check_bundle
+  [[ -d $MODEL ]] || die "bundle folder $MODEL does not exist"  # the rest of the bundle gate: firmware_export's
   [[ -n $BOARD ]] || die "--board is required: nano33ble, esp32s3 or pico"
   [[ -n $OUT ]] || die "--out DIR is required"
   local py="$HERE/.venv/bin/python" layout=arduino
@@ -627,10 +570,10 @@ main() {
       ;;
     unit)
       parse_options "$@"
-      check_bundle
       check_options
+      check_app
       local user=${USER:-pi}
-      unit_text | fill_unit "${REMOTE_DIR:-/home/$user/tinysense}" "$user"
+      app_service unit --dir "${REMOTE_DIR:-/home/$user/tinysense}" --user "$user" -- "${DEVICE_ARGS[@]}" || exit 1
       ;;
     firmware)
       if (($#)) && [[ $1 != --* ]]; then MODEL=$1; shift; fi

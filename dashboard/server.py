@@ -19,10 +19,12 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js",
           "/style.css": ("style.css", "text/css; charset=utf-8")}
 
 
-def parse_address(text: str) -> tuple[str, int]:
+def parse_address(text: str, flag: str = "--http") -> tuple[str, int]:
+    """(host, port) of a HOST:PORT the dashboard listens on; ``flag`` names the option in the error."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise DashboardError(f"--http {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080 (0.0.0.0:8080 for every interface)")
+        raise DashboardError(f"{flag} {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080 (0.0.0.0:8080 for every "
+                             "interface)")
     return host.strip("[]"), int(port)
 
 

@@ -21,8 +21,8 @@ from .sinks import open_sinks
 from .sources import open_source
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m device",
+def parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = cls(prog="python -m device",
                                 description="Run a bundle's int8 model on frames from a camera, a sensor or a "
                                             "replay, and stream predictions over serial.")
     p.add_argument("--model", required=True, help="bundle folder (model.tflite + model.json)")

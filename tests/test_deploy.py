@@ -51,8 +51,10 @@ def test_dry_run_quotes_hostile_values_and_changes_nothing(digits_bundle, tmp_pa
     assert r.returncode == 0, r.stderr
     assert "dry run: nothing was changed" in r.stderr
     assert "ssh -o BatchMode=yes" in r.stdout and "bash -s" in r.stdout
-    assert 'ExecStart="@DIR@/venv/bin/python"' in r.stdout and "$$(touch" in r.stdout  # systemd-escaped
+    assert "-m device.service unit --dir" in r.stdout  # the Pi writes the unit with the app's own code
     assert not marker.exists() and not remote.parent.exists()
+    unit = sh("unit", "--model", digits_bundle, "--source", hostile, "--remote-dir", remote)
+    assert unit.returncode == 0 and "$$(touch" in unit.stdout and not marker.exists()  # systemd-escaped
 
 
 def test_bad_options_are_one_line(digits_bundle, tmp_path):
@@ -93,7 +95,7 @@ def test_unit_escapes_the_folder_and_is_hardened(digits_bundle, tmp_path):
         assert line in unit
     assert "@DIR@" not in unit and "@USER@" not in unit
     dry = sh("pi", "pi@127.0.0.1", "--model", digits_bundle, "--remote-dir", odd, "--dry-run")
-    assert "fill_unit ()" in dry.stdout  # the target runs the very function that printed the unit above
+    assert "-m device.service unit" in dry.stdout  # the target runs the very code that printed the unit above
     assert sh("unit", "--model", digits_bundle, "--remote-dir", "rel/dir").returncode == 1
     assert sh("unit", "--model", digits_bundle, "--remote-dir", "/a\\b").returncode == 1
 
