@@ -22,7 +22,7 @@ from firmware_export.resolver import resolver_method
 
 TREE = ROOT.parent / "shared" / "third_party" / "tflm"
 pytestmark = [
-    pytest.mark.timeout(1500),  # a cold cache compiles TFLM for up to two targets inside one test
+    pytest.mark.timeout(2400),  # a cold cache compiles TFLM for up to two targets inside one test
     pytest.mark.skipif(not os.environ.get("TINYSENSE_FIRMWARE_TEST"),
                        reason="compiling TFLM takes minutes: 'make firmware-test' runs this"),
     pytest.mark.skipif(not TREE.is_dir(), reason="../shared/third_party/tflm is absent"),
