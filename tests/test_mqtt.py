@@ -330,3 +330,48 @@ def test_thumbnails_go_to_mqtt_retained_and_bad_ones_are_not_ours(digits_bundle,
     late.close()
     r = device(digits_bundle, "null", extra=("--max-frames", "1", "--thumbnail-every", "1"))
     assert r.wait(60) == 1 and "needs an output that shows pictures" in r.stderr.read()
+
+
+def test_thumbnails_reach_every_output_that_shows_pictures_with_two_ports_and_a_dashboard(digits_bundle, broker):
+    """Two --port and --dashboard once nested FanOut([FanOut(...), DashboardSink]), and the one-level
+    thumbnail lookup skipped MQTT: now the sink protocol carries thumbnails at any depth."""
+    import urllib.request
+
+    from brokers import free_port
+    from device.sinks import FanOut, NullSink
+
+    class Pictures(NullSink):
+        shows_pictures = True
+
+        def __init__(self):
+            self.got = []
+
+        def thumbnail(self, jpeg):
+            self.got.append(jpeg)
+    inner, outer = Pictures(), Pictures()
+    nested = FanOut([FanOut([NullSink(), inner]), outer])
+    nested.thumbnail(b"\xff\xd8 a picture \xff\xd9")
+    assert nested.shows_pictures and inner.got == outer.got == [b"\xff\xd8 a picture \xff\xd9"]
+    assert not FanOut([NullSink(), FanOut([NullSink()])]).shows_pictures
+
+    listen = Listener(f"{broker.url}/two/+")
+    port = free_port()
+    proc = device(digits_bundle, "null", f"{broker.url}/two?device=d2",
+                  extra=("--duration", "6", "--thumbnail-every", "0.2", "--dashboard", f"127.0.0.1:{port}"))
+    try:
+        wait_for(lambda: "d2" in listen.fleet.thumbnails, what="the MQTT thumbnail")
+
+        def served() -> bytes | None:
+            try:
+                names = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/state", timeout=2).read())
+                name = next(iter(names["devices"]))
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/thumbnail/{name}.jpg", timeout=2).read()
+            except (OSError, StopIteration, ValueError):
+                return None
+        wait_for(lambda: served() is not None, what="the dashboard's thumbnail")
+        from contract.protocol import looks_like_jpeg
+
+        assert looks_like_jpeg(served()) and looks_like_jpeg(listen.fleet.thumbnails["d2"])
+    finally:
+        summary(proc)
+        listen.close()
