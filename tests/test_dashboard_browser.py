@@ -120,8 +120,14 @@ def test_the_device_serves_its_own_dashboard_with_a_thumbnail(digits_bundle, tmp
         open_page(browser, f"http://127.0.0.1:{port}/")
         shown = ("const i = document.querySelector('.card .thumb');"
                  "return i && !i.hidden && i.complete ? [i.naturalWidth, i.getAttribute('src')] : null;")
-        WebDriverWait(browser, 30).until(lambda b: (b.execute_script(shown) or [0])[0] > 0)
-        width, first = browser.execute_script(shown)
+
+        def loaded(b):
+            # one read: the page replaces the picture every 0.3 s, so a second read may catch the next
+            # one still loading (not complete, so null)
+            got = b.execute_script(shown)
+            return got if got and got[0] > 0 else None
+
+        width, first = WebDriverWait(browser, 30).until(loaded)
         assert width == 160  # the 8x8 digit, enlarged
         WebDriverWait(browser, 10).until(lambda b: (b.execute_script(shown) or [0, first])[1] != first)  # refreshed
         browser.save_screenshot(str(tmp_path / "device-dashboard.png"))
