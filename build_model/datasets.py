@@ -277,6 +277,12 @@ def load_keras(name: str, seed: int) -> Dataset:
     from .tf import keras
 
     filename, labels, color = _KERAS[name]
+    # keras falls back to /tmp/.keras when ~/.keras does not exist yet, and would look there after
+    # the user placed the file where this message says
+    try:
+        (Path.home() / ".keras").mkdir(exist_ok=True)
+    except OSError as e:
+        raise BuildError(f"cannot create ~/.keras ({e.strerror}): make your home folder writable") from None
     try:
         (xtr, ytr), (xte, yte) = getattr(keras.datasets, name).load_data()
     except Exception as e:  # noqa: BLE001 - offline: urllib, socket or http errors, all wrapped differently

@@ -1,29 +1,62 @@
 """What a receiver knows of its devices: one Monitor per stream (counts, gaps, duplicates, accuracy,
 latency per stage) and the Fleet of them, fed with decoded messages from any thread.
 
-Shared by the host's monitor and by the dashboard the device serves itself.
+Shared by the host's monitor and by the dashboard the device serves itself. Every record comes
+through the protocol's gate first, and what is kept per device is bounded (fixed-size rings), so
+neither a flood nor a stranger's payload grows it: at most MAX_DEVICES cards, a device that only
+ever sent what is not ours never becomes one.
 """
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 
 import numpy as np
 
-from contract.protocol import Decoder, Hello, Prediction, Skip, Status, looks_like_jpeg
+from contract.protocol import (MAX_LABELS, MAX_MESSAGE, Decoder, Hello, Prediction, ProtocolError, Skip, Status,
+                               looks_like_jpeg)
 
 RECENT = 24  # predictions kept for the dashboard's strip
-STAGE_WINDOW = 2000  # per-stage latencies kept for p50/p99
-SEEN = 4096  # recent seqs remembered, so a QoS 1 duplicate is not taken for a restart
+LATENCY_WINDOW = 4096  # whole-frame latencies kept for p50/p99: the latest ones
+STAGE_WINDOW = 1024  # per-stage latencies kept for p50/p99
+MAX_STAGES = 8  # stage names followed per device (the device sends four)
+SEEN = 2048  # recent seqs remembered (4 x the device's in-flight window), so a QoS 1 resend is not a restart
+SHOWN_TOPK = 10  # top-k entries of the latest prediction in the dashboard's state
+MAX_DEVICES = 256  # cards in a fleet; messages from further devices are counted (``overflow``), no card
+MAX_DEVICE_BYTES = 64  # of a device id (its MQTT topic level)
+STALE_PERIODS, STALE_MIN_S = 10, 5.0  # silent for this many periods (at least this long): stale, not online
+KINDS = ("hello", "prediction", "status")  # the JSON topics of a device; PREFIX/ID/thumbnail carries a JPEG
+
+
+class Ring:
+    """The latest ``size`` numbers, in a fixed array (float32): memory does not grow with the stream."""
+
+    def __init__(self, size: int):
+        self._data = np.zeros(size, np.float32)
+        self._n = 0
+
+    def append(self, value: float) -> None:
+        self._data[self._n % len(self._data)] = value
+        self._n += 1
+
+    def values(self) -> np.ndarray:
+        return self._data[:min(self._n, len(self._data))]
+
+    def __len__(self) -> int:
+        return min(self._n, len(self._data))
+
+
+def _percentiles(ring: Ring) -> dict:
+    v = ring.values() if len(ring) else np.zeros(1, np.float32)
+    return {"p50": round(float(np.percentile(v, 50)), 4), "p99": round(float(np.percentile(v, 99)), 4)}
 
 
 class Monitor:
     """State built from decoded messages; feed it bytes in any chunking."""
 
-    def __init__(self, fmt: str, labels=()):
-        self.decoder = Decoder(fmt, labels)
+    def __init__(self, fmt: str, labels=(), require_crc: bool = True):
+        self.decoder = Decoder(fmt, labels, require_crc)
         self.last: Prediction | None = None
         self.status: Status | None = None  # the latest with counters
         self.period = 0.0
@@ -34,16 +67,19 @@ class Monitor:
         self.labelled = 0
         self.correct = 0
         self.counts: dict[str, int] = {}
-        self.latency: list[float] = []
-        self.stage_ms: dict[str, collections.deque] = {}
-        self.recent: collections.deque = collections.deque(maxlen=RECENT)
+        self.latency = Ring(LATENCY_WINDOW)
+        self.stage_ms: dict[str, Ring] = {}
+        self.recent: list[dict] = []
         self.duplicates = 0  # a message delivered twice (QoS 1 after a reconnect)
         self.hello: Hello | None = None
+        self.hellos_refused = 0  # a hello changing labels or model while the device is live
         self.online: bool | None = None  # from an MQTT status topic
-        self.last_seen: float | None = None
+        self.last_seen: float | None = None  # wall clock, for the page
+        self._heard: float | None = None  # monotonic, for staleness
         self._next_seq: int | None = None
-        self._seen: collections.deque = collections.deque(maxlen=SEEN)
-        self._seen_t: dict[int, object] = {}  # seq -> its t: a resend carries the same t, a restart a later one
+        self._seen_seq = np.zeros(SEEN, np.uint64)
+        self._seen_t = np.zeros(SEEN, np.float64)  # a resend carries the same t, a restart a later one
+        self._seen_n = 0
 
     @property
     def errors(self) -> int:
@@ -51,19 +87,22 @@ class Monitor:
 
     def feed(self, data: bytes) -> list:
         """The records decoded from ``data`` (in any chunking), each taken into the state."""
-        msgs = self.decoder.feed(data)
-        kept = []
-        for m in msgs:
-            try:
-                self._take(m)
-                kept.append(m)
-            except (TypeError, ValueError, OverflowError):  # a well-framed record with odd values
-                self.decoder.errors += 1
-        return kept
+        return [m for m in self.decoder.feed(data) if self.take(m)]
 
-    def _take(self, m) -> None:
-        """One typed record into the state; odd values raise before anything changes."""
-        self.last_seen = time.time()
+    def stale(self, now: float | None = None) -> bool:
+        """Silent for STALE_PERIODS periods (at least STALE_MIN_S seconds) after being heard."""
+        if self._heard is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - self._heard > max(STALE_MIN_S, STALE_PERIODS * self.period)
+
+    def live(self) -> bool:
+        """Heard lately and not said offline: a hello that changes the labels now is not the device's."""
+        return self.hello is not None and self.online is not False and not self.stale()
+
+    def take(self, m) -> bool:
+        """One record (through the gate already) into the state; False when it is a duplicate."""
+        self.last_seen, self._heard = time.time(), time.monotonic()
         if isinstance(m, Hello):
             self.period = m.period
             self.hello = m
@@ -74,37 +113,41 @@ class Monitor:
                 self.status = m
         elif isinstance(m, Skip):
             if self._duplicate(m.seq, m.t):
-                return
+                return False
             self._sequence(m.seq)
             self.skips += 1
         elif isinstance(m, Prediction):
-            latency = sum(m.ms.values())
             if self._duplicate(m.seq, m.t):
-                return
+                return False
             self._sequence(m.seq)
             for stage, v in m.ms.items():
-                self.stage_ms.setdefault(stage, collections.deque(maxlen=STAGE_WINDOW)).append(v)
-            self.recent.append({"seq": m.seq, "label": m.label, "score": m.score})
+                ring = self.stage_ms.get(stage)
+                if ring is None and len(self.stage_ms) < MAX_STAGES:
+                    ring = self.stage_ms[stage] = Ring(STAGE_WINDOW)
+                if ring is not None:
+                    ring.append(v)
+            self.recent = [*self.recent[1 - RECENT:], {"seq": m.seq, "label": m.label, "score": m.score}]
             self.last = m
             self.predictions += 1
-            self.counts[m.label] = self.counts.get(m.label, 0) + 1
-            if len(self.latency) < 100_000:
-                self.latency.append(latency)
+            if m.label in self.counts or len(self.counts) < MAX_LABELS + 1:  # the labels and "unknown"
+                self.counts[m.label] = self.counts.get(m.label, 0) + 1
+            self.latency.append(sum(m.ms.values()))
             if m.truth is not None:
                 self.labelled += 1
                 labels = self.decoder.labels
                 truth = labels[m.truth] if 0 <= m.truth < len(labels) else str(m.truth)
                 self.correct += int(m.label == truth)  # an "unknown" counts as wrong, as on the device
+        return True
 
-    def _duplicate(self, seq: int, t) -> bool:
+    def _duplicate(self, seq: int, t: float) -> bool:
         """The same message again (a QoS 1 resend: same seq, same t): counted, and not taken twice."""
-        if seq in self._seen_t and self._seen_t[seq] == t:
+        n = min(self._seen_n, SEEN)
+        same = self._seen_seq[:n] == np.uint64(seq)
+        if same.any() and (self._seen_t[:n][same] == t).any():
             self.duplicates += 1
             return True
-        if len(self._seen) == self._seen.maxlen:
-            self._seen_t.pop(self._seen[0], None)
-        self._seen.append(seq)
-        self._seen_t[seq] = t
+        self._seen_seq[self._seen_n % SEEN], self._seen_t[self._seen_n % SEEN] = seq, t
+        self._seen_n += 1
         return False
 
     def _sequence(self, seq: int) -> None:
@@ -124,11 +167,12 @@ class Monitor:
         return None
 
     def summary(self) -> dict:
-        lat = np.asarray(self.latency) if self.latency else np.zeros(1)
         out = {"predictions": self.predictions, "skips": self.skips, "gaps": self.gaps, "errors": self.errors,
-               "restarts": self.restarts, "duplicates": self.duplicates,
-               "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 4),
-                              "p99": round(float(np.percentile(lat, 99)), 4)}}
+               "restarts": self.restarts, "duplicates": self.duplicates, "latency_ms": _percentiles(self.latency)}
+        if self.decoder.refused:
+            out["refused"] = dict(sorted(self.decoder.refused.items()))
+        if self.hellos_refused:
+            out["hellos_refused"] = self.hellos_refused
         if self.labelled:
             out["accuracy"] = round(self.correct / self.labelled, 6)
         if self.status:
@@ -139,61 +183,117 @@ class Monitor:
         return out
 
     def state(self) -> dict:
-        """Everything the dashboard shows for this device, JSON-ready."""
-        stages = {k: {"p50": round(float(np.percentile(v, 50)), 4), "p99": round(float(np.percentile(v, 99)), 4)}
-                  for k, v in self.stage_ms.items() if v}
+        """Everything the dashboard shows for this device, JSON-ready and bounded in size."""
+        stages = {k: _percentiles(v) for k, v in self.stage_ms.items() if len(v)}
         last = self.last
         return {**self.summary(), "label": last and last.label, "score": last and last.score,
-                "seq": last and last.seq, "topk": last.topk if last else [], "labels": self.decoder.labels,
+                "seq": last and last.seq, "topk": last.topk[:SHOWN_TOPK] if last else [],
                 "recent": list(self.recent), "stages_ms": stages, "period": self.period, "labelled": self.labelled,
-                "last_seen": self.last_seen, "model_sha256": self.hello.model_sha256 if self.hello else None}
+                "last_seen": self.last_seen, "stale": self.stale(),
+                "model_sha256": self.hello.model_sha256 if self.hello else None}
 
 
 class Fleet:
-    """One Monitor per device, fed from any thread; the dashboard reads snapshots under the same lock."""
+    """One Monitor per device, fed from any thread; the dashboard reads snapshots under the same lock.
 
-    def __init__(self, fmt: str = "jsonl", labels=()):
+    A stream (``feed``: a serial line can flip bits) must seal every jsonl line with its CRC; an MQTT
+    message (``message``: TCP carries a checksum of its own) has its CRC checked when it has one.
+    ``notice(text)`` hears, once per device, what the fleet refused to
+    believe (a hello changing labels or model while the device is live).
+    """
+
+    def __init__(self, fmt: str = "jsonl", labels=(), notice=lambda text: None):
         self.fmt, self.labels = fmt, list(labels)
         self.devices: dict[str, Monitor] = {}
         self.foreign = 0  # messages on our topics that are not ours (another kind, another program)
+        self.overflow = 0  # messages from devices beyond MAX_DEVICES: counted, no card
+        self.internal = 0  # faults of ours while taking a message (counted; the stream goes on)
         self.thumbnails: dict[str, bytes] = {}  # device -> its latest frame as a JPEG
         self.thumbnail_count: dict[str, int] = {}
         self.lock = threading.RLock()
+        self.notice = notice
+
+    def _new(self, require_crc: bool = False) -> Monitor:
+        return Monitor(self.fmt, self.labels, require_crc)
 
     def monitor(self, device: str) -> Monitor:
+        """The device's Monitor, made when it is new (a serial port's one device, the device's own page)."""
         with self.lock:
             if device not in self.devices:
-                self.devices[device] = Monitor(self.fmt, self.labels)
+                self.devices[device] = self._new(require_crc=True)
             return self.devices[device]
 
     def feed(self, device: str, data: bytes) -> None:
         with self.lock:
             self.monitor(device).feed(data)
 
+    def _card(self, device: str) -> Monitor | None:
+        """The device's Monitor if it has a card or may get one now; None (counted) when the fleet is full."""
+        m = self.devices.get(device)
+        if m is None:
+            if len(self.devices) >= MAX_DEVICES:
+                self.overflow += 1
+                return None
+            m = self.devices[device] = self._new()
+        return m
+
     def thumbnail(self, device: str, jpeg: bytes) -> None:
         """The device's latest frame as a JPEG; anything that is not one is not ours."""
         with self.lock:
-            if not looks_like_jpeg(jpeg):
+            if not looks_like_jpeg(jpeg) or not _device_id(device):
                 self.foreign += 1
                 return
-            self.monitor(device)
+            if self._card(device) is None:
+                return
             self.thumbnails[device] = jpeg
             self.thumbnail_count[device] = self.thumbnail_count.get(device, 0) + 1
 
     def message(self, device: str, kind: str, payload: bytes) -> None:
-        """One MQTT message: a JSON record on PREFIX/DEVICE/KIND, or a JPEG on PREFIX/DEVICE/thumbnail."""
-        if kind == "thumbnail":
-            self.thumbnail(device, payload)
+        """One MQTT message: a JSON record on PREFIX/DEVICE/KIND, or a JPEG on PREFIX/DEVICE/thumbnail.
+
+        Never raises: it runs in paho's network thread, which an exception would end.
+        """
+        try:
+            if kind == "thumbnail":
+                self.thumbnail(device, payload)
+            else:
+                with self.lock:
+                    self._message(device, kind, payload)
+        except Exception:  # noqa: BLE001 - a fault of ours must not blind the monitor; it is counted
+            with self.lock:
+                self.internal += 1
+
+    def _message(self, device: str, kind: str, payload: bytes) -> None:
+        if kind not in KINDS or not _device_id(device) or len(payload) > MAX_MESSAGE \
+                or b"\n" in payload.rstrip(b"\n"):
+            self.foreign += 1
             return
-        with self.lock:
-            if kind not in ("hello", "prediction", "status") or b"\n" in payload.rstrip(b"\n"):
-                self.foreign += 1
+        m = self.devices.get(device) or self._new()  # a card only once something of ours arrived
+        try:
+            rec = m.decoder.decode(payload.rstrip(b"\n"))
+        except ProtocolError as e:
+            self.foreign += 1
+            if device in self.devices:
+                m.decoder.count(e.kind)
+            return
+        if rec.type not in (kind, "skip"):
+            self.foreign += 1
+            return
+        if isinstance(rec, Hello) and m.live() and (rec.labels, rec.model_sha256) != (m.hello.labels,
+                                                                                     m.hello.model_sha256):
+            m.hellos_refused += 1
+            if m.hellos_refused == 1:
+                self.notice(f"monitor: {device}: refused a hello that changes its labels or model while the "
+                            "device is live; someone else may be publishing under its topic (set up the broker's "
+                            "ACL, see the README)")
+            return
+        if device not in self.devices:
+            if self._card(device) is None:
                 return
-            m = self.monitor(device)
-            before = m.errors
-            kept = m.feed(payload + b"\n")
-            if m.errors > before or any(msg.type not in (kind, "skip") for msg in kept):
-                self.foreign += 1
+            self.devices[device] = m
+        if rec.type == "hello":
+            m.decoder.labels = list(rec.labels)
+        m.take(rec)
 
     def count(self) -> int:
         with self.lock:
@@ -201,10 +301,23 @@ class Fleet:
 
     def snapshot(self) -> dict:
         with self.lock:
-            return {"t": time.time(), "foreign": self.foreign,
+            return {"t": time.time(), "foreign": self.foreign, "overflow": self.overflow, "internal": self.internal,
                     "devices": {name: {**m.state(), "thumbnail": self.thumbnail_count.get(name, 0)}
                                 for name, m in sorted(self.devices.items())}}
 
     def summary(self) -> dict:
         with self.lock:
-            return {"devices": {name: m.summary() for name, m in sorted(self.devices.items())}, "foreign": self.foreign}
+            out = {"devices": {name: m.summary() for name, m in sorted(self.devices.items())},
+                   "foreign": self.foreign}
+            for key in ("overflow", "internal"):
+                if getattr(self, key):
+                    out[key] = getattr(self, key)
+            return out
+
+
+def _device_id(name: str) -> bool:
+    """A device id a card can carry: printable, at most MAX_DEVICE_BYTES bytes of UTF-8."""
+    try:
+        return 0 < len(name.encode()) <= MAX_DEVICE_BYTES and name.isprintable()
+    except UnicodeEncodeError:
+        return False

@@ -1,5 +1,9 @@
 import sys
 
-from .cli import main
+try:  # SIGINT in the first moments (numpy and LiteRT are still importing) exits 130 too, without a traceback
+    from .cli import main
 
-sys.exit(main())
+    code = main()
+except KeyboardInterrupt:
+    code = 130
+sys.exit(code)

@@ -12,7 +12,7 @@ import threading
 
 from contract.cli import run_cli
 from contract.preprocess import Preprocessor
-from contract.protocol import FORMATS, Encoder, Hello
+from contract.protocol import FORMATS, MAX_PERIOD_S, MAX_SCORE, Encoder, Hello
 from contract.runtime import open_bundle
 
 from . import DeviceError, app, thumbnail
@@ -65,19 +65,29 @@ def summary_text(stats, sink) -> str:
 
 
 MAX_THREADS = 64
+MIN_PERIOD_S = 1e-4  # seconds; shorter is not a period any clock here keeps
+
+
+MAX_BAUD = 4_000_000  # the highest rate Linux serial drivers name (B4000000)
+MAX_SECONDS = 10 * 365 * 86400.0  # a duration beyond ten years is a typo
 
 
 def check_args(args) -> None:
     """Refuse values the loop cannot honour, each with one line that says what to pass."""
-    def finite(name, value, low=0.0, low_open=False):
-        if not math.isfinite(value) or value < low or (low_open and value == low):
-            raise DeviceError(f"--{name} must be a finite number {'above' if low_open else 'of at least'} {low:g}, "
-                              f"not {value}")
-    finite("period", args.period)
-    finite("status-every", args.status_every, low_open=True)
-    finite("threshold", args.threshold)
+    def within(name, value, low, high, low_open=False):
+        if not math.isfinite(value) or not low <= value <= high or (low_open and value == low):
+            raise DeviceError(f"--{name} must be a finite number {'above' if low_open else 'of at least'} {low:g} "
+                              f"and at most {high:g}, not {value}")
+
+    def period(name, value):  # 0 (as fast as it can, or off) or a period a clock can keep
+        if value != 0 and not MIN_PERIOD_S <= value <= MAX_PERIOD_S:
+            raise DeviceError(f"--{name} must be 0 or {MIN_PERIOD_S:g} to {MAX_PERIOD_S:g} seconds, not {value}")
+    within("period", args.period, 0.0, MAX_PERIOD_S)
+    period("period", args.period)
+    within("status-every", args.status_every, 0.0, MAX_PERIOD_S, low_open=True)
+    within("threshold", args.threshold, 0.0, MAX_SCORE)
     if args.duration is not None:
-        finite("duration", args.duration, low_open=True)
+        within("duration", args.duration, 0.0, MAX_SECONDS, low_open=True)
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         raise DeviceError(f"--threads must be 1 to {MAX_THREADS} (this machine has {os.cpu_count()} cores)")
     if not 1 <= args.topk <= 255:
@@ -86,9 +96,10 @@ def check_args(args) -> None:
         raise DeviceError("--smoothing must be at least 1 frame")
     if args.max_frames is not None and args.max_frames < 0:
         raise DeviceError("--max-frames must be 0 or more")
-    if args.baud <= 0:
-        raise DeviceError("--baud must be positive")
-    finite("thumbnail-every", args.thumbnail_every)
+    if not 1 <= args.baud <= MAX_BAUD:
+        raise DeviceError(f"--baud must be 1 to {MAX_BAUD}")
+    within("thumbnail-every", args.thumbnail_every, 0.0, MAX_PERIOD_S)
+    period("thumbnail-every", args.thumbnail_every)
 
 
 def status_line(msg: dict) -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
 import time
 
 from contract.cli import run_cli
+from contract.errors import UsageError
 from contract.protocol import FORMATS
 from dashboard.fleet import Fleet, Monitor
 from dashboard.server import Dashboard
@@ -62,7 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli("monitor", p, monitor_any, argv)
 
 
+MAX_BAUD = 4_000_000  # the highest rate Linux serial drivers name (B4000000)
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
+def check_args(args) -> None:
+    """One line for a flag out of range, before anything opens."""
+    if args.duration is not None and not (math.isfinite(args.duration) and 0 < args.duration <= MAX_SECONDS):
+        raise UsageError(f"--duration must be a number of seconds above 0 and at most {MAX_SECONDS:g}, "
+                         f"not {args.duration}")
+    if not 1 <= args.baud <= MAX_BAUD:
+        raise UsageError(f"--baud must be 1 to {MAX_BAUD}")
+    if args.max_messages is not None and args.max_messages < 1:
+        raise UsageError("--max-messages must be 1 or more")
+
+
 def monitor_any(args) -> int:
+    check_args(args)
     if args.port.startswith(("mqtt:", "mqtts:")):
         return monitor_mqtt(args)
     if args.session:
@@ -78,10 +96,21 @@ def _dashboard(args, fleet: Fleet):
     return board
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
+class _Stop(threading.Event):
+    """Set by SIGINT or SIGTERM; ``code`` is the exit code they ask for (130 after SIGINT, as a shell expects)."""
+
+    code = 0
+
+
+def _stop_on_signals() -> _Stop:
+    stop = _Stop()
+
+    def on_signal(sig, _frame) -> None:
+        if sig == signal.SIGINT:
+            stop.code = 130
+        stop.set()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     return stop
 
 
@@ -90,12 +119,12 @@ def monitor_mqtt(args) -> int:
     if args.format != "jsonl":
         raise MonitorError("MQTT messages are JSON: leave --format at jsonl")
     stop = _stop_on_signals()
-    fleet = Fleet("jsonl", args.labels.split(",") if args.labels else ())
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    fleet = Fleet("jsonl", args.labels.split(",") if args.labels else (), notice=say)
     board = _dashboard(args, fleet)
     sub = None
     try:
-        sub = Subscriber(args.port, fleet.message, session=args.session,
-                         log=lambda text: print(text, file=sys.stderr, flush=True))
+        sub = Subscriber(args.port, fleet.message, session=args.session, log=say)
         live = sys.stdout.isatty() and not args.quiet
         end = time.monotonic() + args.duration if args.duration else None
         said_subscribed = False
@@ -119,7 +148,7 @@ def monitor_mqtt(args) -> int:
         if board is not None:
             board.close()
     print(json.dumps(fleet.summary()) if args.json else render_fleet(fleet))
-    return 0
+    return stop.code
 
 
 def monitor_port(args) -> int:
@@ -163,7 +192,7 @@ def monitor_port(args) -> int:
     print(json.dumps(monitor.summary()) if args.json else render(monitor))
     if monitor.hint():
         print(monitor.hint(), file=sys.stderr)
-    return 0
+    return stop.code
 
 
 def run() -> None:

@@ -26,6 +26,7 @@ class Subscriber:
         self.reconnects = 0
         self._ever = False
         self._said = False
+        self._started = False
         self.log = log
         self._deliver = on_message
         self._subscribed = threading.Event()  # set by the broker's SUBACK, cleared while disconnected
@@ -37,6 +38,7 @@ class Subscriber:
         self.client.on_message = self._on_message
         self.client.on_connect_fail = lambda *a: self._unreachable(None)
         start(self.client, self.broker, self._unreachable)
+        self._started = True
 
     def _unreachable(self, error) -> None:
         if not self._said:
@@ -78,11 +80,19 @@ class Subscriber:
     def _on_message(self, client, userdata, message):
         parts = message.topic.split("/")
         device, kind = (parts[-2], parts[-1]) if len(parts) >= 2 else ("?", "?")
-        self._deliver(device, kind, bytes(message.payload))
+        try:
+            self._deliver(device, kind, bytes(message.payload))
+        except Exception as e:  # noqa: BLE001 - paho's thread ends on an exception: the monitor would go blind
+            self.failure = f"a message on {message.topic[:80]!r} broke the monitor ({type(e).__name__}: {e}): report it"
 
     def check(self) -> None:
+        """Raise MonitorError for what cannot be recovered: a refusal by the broker, a fault in delivery, or
+        paho's network thread gone (nothing would arrive any more)."""
         if self.failure:
             raise MonitorError(self.failure)
+        thread = getattr(self.client, "_thread", None)
+        if self._started and (thread is None or not thread.is_alive()):
+            raise MonitorError("the MQTT network thread has stopped: nothing more would arrive; restart the monitor")
 
     def close(self) -> None:
         self.client.disconnect()

@@ -128,6 +128,7 @@ def test_offline_keras_dataset_names_the_file(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(BuildError, match=r"place mnist.npz in ~/.keras/datasets/"):
         datasets.load("mnist")
+    assert (tmp_path / ".keras").is_dir()  # where the message says; keras alone would fall back to /tmp/.keras
 
 
 @pytest.mark.parametrize("args, words", [

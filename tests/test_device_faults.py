@@ -24,7 +24,7 @@ from contract.bundle import ModelSpec
 from dashboard.fleet import Monitor
 from monitor.terminal import render
 from contract.preprocess import Preprocessor
-from contract.protocol import MAX_TOPK, Decoder, Encoder
+from contract.protocol import MAX_TOPK, Decoder, Encoder, seal
 from contract.runtime import Model
 from device.sinks import SerialSink
 from device.sources import CaptureError, ReplaySource, open_source
@@ -238,18 +238,61 @@ def test_a_hello_of_any_size_decodes(fmt):
     assert list(dec.feed(frame)[0].labels) == labels and dec.labels == labels
 
 
-@pytest.mark.parametrize("line, ok", [
-    (b'{"type":"prediction","label":"c1"}\n', False),  # no seq: the old monitor died with KeyError
-    (b'{"type":"hello","labels":"abc"}\n', False),  # the old Decoder.feed raised TypeError
-    (b'{"type":"prediction","seq":"3","label":"c1","score":1,"topk":[]}\n', False),
-    (b'{"type":"prediction","seq":3,"label":"c1","score":1,"topk":[],"ms":[1,2]}\n', False),
-    (b'{"type":"hello","labels":["a"],"period":"soon"}\n', False),
-    (b'{"type":"prediction","seq":3,"label":"c1","score":1,"topk":[["c1",1]]}\n', True),
+P = '{"type":"prediction","seq":3,"label":"c1","score":1,"topk":[["c1",1]]'  # a good prediction, unclosed
+
+
+@pytest.mark.parametrize("line, refused", [
+    ('{"type":"prediction","label":"c1"}', "field"),  # no seq: the old monitor died with KeyError
+    ('{"type":"hello","labels":"abc"}', "field"),  # the old Decoder.feed raised TypeError
+    ('{"type":"prediction","seq":"3","label":"c1","score":1,"topk":[]}', "field"),
+    ('{"type":"prediction","seq":3,"label":"c1","score":1,"topk":[],"ms":[1,2]}', "field"),
+    ('{"type":"hello","labels":["a"],"period":"soon"}', "field"),
+    ('{"labels":["a"]}', "type"),  # a hello without its type (the old binary path: KeyError)
+    ('{"type":"x"}', "type"),
+    (P.replace('"score":1', '"score":1e9') + "}", "field"),  # the old render asked for 30 GB of '#'
+    (P.replace('"score":1', '"score":NaN') + "}", "field"),
+    (P.replace('[["c1",1]]', '[["3","x"]]') + "}", "field"),
+    (P.replace('"seq":3', '"seq":-1') + "}", "field"),
+    (P.replace('"seq":3', f'"seq":{2 ** 64}') + "}", "field"),
+    (P + ',"truth":1099511627776}', "field"),
+    (P + ',"ms":{' + ",".join(f'"s{i}":1' for i in range(40)) + "}}", "field"),
+    (P + ',"ms":{"invoke":1e400}}', "field"),
+    (P.replace('"label":"c1"', '"label":"e\\u001b[2Jf"') + "}", "field"),  # clears a terminal
+    (P.replace('"label":"c1"', '"label":"' + "x" * 100 + '"') + "}", "field"),
+    ('{"type":"hello","labels":[' + ",".join(f'"c{i}"' for i in range(2000)) + "]}", "field"),
+    ('{"type":"hello","labels":["a"],"period":1e10}', "field"),
+    ('{"type":"hello","labels":["a"],"input":' + "[" * 950 + "]" * 950 + "}", "field"),  # RecursionError once
+    ('{"type":"hello","labels":["a"],"x":' + "[" * 100000 + "]" * 100000 + "}", "json"),
+    ('{"type":"hello","labels":["a"],"format":"tinysense/999"}', "field"),
+    ('{"type":"status","state":"maybe"}', "field"),
+    ('{"type":"status","frames":1,"drops":-1}', "field"),
+    ('{"type":"status","frames":1,"accuracy":2}', "field"),
+    (P + "}", None),
+    ('{"type":"status","state":"offline"}', None),
 ])
-def test_monitor_counts_malformed_messages(line, ok):
+def test_the_gate_counts_what_it_refuses_by_kind(line, refused):
     m = Monitor("jsonl", LABELS)
-    m.feed(line)
-    assert m.errors == (0 if ok else 1) and m.predictions == (1 if ok else 0)
+    m.feed(seal(line.encode()) + b"\n")
+    assert m.decoder.refused == ({refused: 1} if refused else {})
+    assert m.predictions == int(line == P + "}")
+    render(m)
+    json.dumps(m.state(), allow_nan=False)
+
+
+def test_a_jsonl_line_is_sealed_and_checked():
+    enc = Encoder("jsonl", LABELS)
+    line = enc.encode(prediction(5))
+    assert line.rstrip().endswith(b'"}') and b',"crc":"' in line
+    assert json.loads(line)["seq"] == 5  # still one JSON object a person can read
+    m = Monitor("jsonl", LABELS)
+    m.feed(line.replace(b'"seq":5', b'"seq":6'))  # damage that stays valid JSON
+    m.feed(line.replace(b',"crc"', b',"crx"'))  # the seal itself damaged
+    m.feed(b'{"type":"prediction","seq":3,"label":"c1","score":1,"topk":[]}\n')  # no seal at all
+    assert m.predictions == 0 and m.decoder.refused == {"crc": 3}
+    assert m.feed(line)[0].seq == 5
+    unsealed = Decoder("jsonl", LABELS, require_crc=False)  # MQTT: checked when present
+    assert unsealed.feed(b'{"type":"prediction","seq":3,"label":"c1","score":1,"topk":[]}\n')[0].seq == 3
+    assert unsealed.feed(line.replace(b'"seq":5', b'"seq":6')) == [] and unsealed.refused == {"crc": 1}
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "binary"])
@@ -334,6 +377,10 @@ def test_a_testset_for_another_model_is_refused(digits_bundle, tmp_path):
     (["--threads", "100000"], "--threads must be 1 to 64"),
     (["--topk", "300"], "--topk must be 1 to 255"),
     (["--status-every", "0"], "--status-every must be"),
+    (["--period", "1e10"], "--period must be a finite number of at least 0 and at most 86400"),  # was OverflowError
+    (["--period", "1e-320"], "--period must be 0 or 0.0001 to 86400 seconds"),
+    (["--baud", "4000000000"], "--baud must be 1 to 4000000"),
+    (["--duration", "1e300"], "--duration must be"),
 ])
 def test_bad_flags_are_one_line(digits_bundle, args, words):
     r = subprocess.run([sys.executable, "-m", "device", "--model", str(digits_bundle), "--source", "synthetic",

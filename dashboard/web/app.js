@@ -32,13 +32,14 @@ function fmt(v, digits) {
   return v === null || v === undefined ? "-" : Number(v).toFixed(digits);
 }
 
-function draw(name, d, now) {
+function draw(name, d) {
   const c = card(name);
   const state = c.querySelector(".state");
-  // MQTT says online/offline on the status topic; a serial stream is "receiving" while messages arrive
-  const fresh = d.last_seen !== null && now - d.last_seen < Math.max(5, 3 * (d.period || 0));
-  const online = d.online !== undefined ? d.online : fresh;
-  state.textContent = d.online !== undefined ? (online ? "online" : "offline") : (fresh ? "receiving" : "silent");
+  // MQTT says online/offline on the status topic; a serial stream is "receiving" while messages arrive.
+  // The server says "stale" when a device has been silent for ten periods, whatever its status says.
+  const said = d.online !== undefined ? (d.online ? "online" : "offline") : "receiving";
+  const online = !d.stale && said !== "offline";
+  state.textContent = d.stale ? (d.online !== undefined ? "stale" : "silent") : said;
   state.className = "badge state " + (online ? "online" : "offline");
   const thumb = c.querySelector(".thumb");
   if (d.thumbnail && thumb.dataset.version !== String(d.thumbnail)) {
@@ -98,7 +99,7 @@ function render(snapshot) {
   document.getElementById("waiting").hidden = names.length > 0;
   document.getElementById("fleet-count").textContent = names.length + " device" + (names.length === 1 ? "" : "s");
   document.getElementById("foreign").textContent = snapshot.foreign ? snapshot.foreign + " messages not ours" : "";
-  for (const name of names) draw(name, snapshot.devices[name], snapshot.t);
+  for (const name of names) draw(name, snapshot.devices[name]);
 }
 
 function connect() {
