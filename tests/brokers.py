@@ -39,7 +39,9 @@ def make_certs(folder: Path) -> Path:
 
 
 class Mosquitto:
-    def __init__(self, folder: Path, tls: bool = False, users: dict | None = None, persistence: bool = False):
+    def __init__(self, folder: Path, tls: bool = False, users: dict | None = None, persistence: bool = False,
+                 auth: list[str] | None = None):
+        """``auth``: mosquitto.conf lines of a login set up elsewhere (password_file, acl_file, ...)."""
         self.exe = require_tool("mosquitto")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,8 @@ class Mosquitto:
                 subprocess.run([require_tool("mosquitto_passwd"), "-b", *(["-c"] if i == 0 else []), str(pw), user,
                                 password], check=True, capture_output=True)
             lines += [f"password_file {pw}", "allow_anonymous false"]
+        elif auth:
+            lines += auth
         else:
             lines.append("allow_anonymous true")
         self.config = self.folder / "mosquitto.conf"

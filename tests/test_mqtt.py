@@ -375,3 +375,59 @@ def test_thumbnails_reach_every_output_that_shows_pictures_with_two_ports_and_a_
     finally:
         summary(proc)
         listen.close()
+
+
+def test_with_the_acl_a_device_speaks_only_for_itself_and_a_monitor_only_listens(digits_bundle, tmp_path):
+    """Per-device logins and an ACL written by python -m monitor.broker, enforced by a real Mosquitto."""
+    from monitor.broker import main as broker
+
+    auth = tmp_path / "auth"
+    auth.mkdir()
+    files = ["--passwd", str(auth / "passwd"), "--acl", str(auth / "acl")]
+    for role, name in (("device", "cam-1"), ("device", "cam-2"), ("monitor", "watch"), ("device", "cam-1")):
+        assert broker([role, name, "--prefix", "site", "--credentials", str(auth / f"{name}.login"), *files]) == 0
+    assert (auth / "passwd").read_text().count("cam-1:$7$101$") == 1  # the second time replaced the first
+    assert (auth / "acl").read_text().count("user cam-1\ntopic write site/cam-1/#") == 1
+    assert (auth / "cam-1.login").stat().st_mode & 0o777 == 0o600
+    b = Mosquitto(tmp_path / "broker", auth=["allow_anonymous false", f"password_file {auth / 'passwd'}",
+                                             f"acl_file {auth / 'acl'}"])
+    try:
+        listen = Listener(f"{b.url}/site/+?credentials={auth / 'watch.login'}")
+        summary(device(digits_bundle, f"{b.url}/site?device=cam-1&credentials={auth / 'cam-1.login'}",
+                       extra=("--max-frames", "10")))
+        wait_for(lambda: listen.device("cam-1") and listen.device("cam-1").predictions == 10, what="cam-1's 10")
+        cam1 = listen.device("cam-1")
+        wait_for(lambda: cam1.online is False, what="cam-1 offline after its clean exit")
+        labels = cam1.hello.labels
+
+        def client(login: str):
+            user, password = (auth / f"{login}.login").read_text().splitlines()
+            c = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2)
+            c.username_pw_set(user, password)
+            c.connect("127.0.0.1", b.port)
+            c.loop_start()
+            wait_for(c.is_connected, what=f"{login}'s login accepted")
+            return c
+        hello = json.dumps({"type": "hello", "labels": list(reversed(labels)), "period": 0.02}).encode()
+        online = b'{"type":"status","state":"online"}'
+        for login, topic, payload in [("cam-1", "site/cam-2/hello", hello), ("cam-1", "site/cam-2/status", online),
+                                      ("watch", "site/cam-1/hello", hello), ("watch", "site/cam-1/status", online)]:
+            c = client(login)
+            info = c.publish(topic, payload, qos=1, retain=True)
+            # the broker decides at once: it acknowledges and drops it, or it drops the client (Mosquitto 2.0)
+            wait_for(lambda: info.is_published() or not c.is_connected(), what="the broker's answer")
+            c.loop_stop()
+            c.disconnect()
+        liar = client("cam-1")
+        marker = {"type": "prediction", "seq": 10, "t": 1.0, "label": labels[3], "score": 0.9,
+                  "topk": [[labels[3], 0.9]], "ms": {"invoke": 1.0}}
+        liar.publish("site/cam-1/prediction", json.dumps(marker), qos=1).wait_for_publish(5)  # its own: allowed
+        wait_for(lambda: cam1.predictions == 11, what="cam-1's own message after the forged ones")
+        assert "cam-2" not in listen.fleet.devices  # cam-1's login cannot speak for cam-2
+        assert cam1.hello.labels == labels and cam1.online is False  # the monitor's login cannot speak at all
+        assert listen.fleet.foreign == 0 and cam1.hellos_refused == 0  # dropped at the broker, never delivered
+        liar.loop_stop()
+        liar.disconnect()
+        listen.close()
+    finally:
+        b.stop()
