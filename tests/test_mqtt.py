@@ -415,7 +415,7 @@ def test_with_the_acl_a_device_speaks_only_for_itself_and_a_monitor_only_listens
             c = client(login)
             info = c.publish(topic, payload, qos=1, retain=True)
             # the broker decides at once: it acknowledges and drops it, or it drops the client (Mosquitto 2.0)
-            wait_for(lambda: info.is_published() or not c.is_connected(), what="the broker's answer")
+            wait_for(lambda c=c, info=info: info.is_published() or not c.is_connected(), what="the broker's answer")
             c.loop_stop()
             c.disconnect()
         liar = client("cam-1")
