@@ -1,5 +1,5 @@
 """A fleet over MQTT, measured in one run against a real local Mosquitto.
-Rerun: .venv/bin/python bench/fleet_bench.py [BUNDLE] [--devices 20] [--seconds 60] [--rate 10]
+Rerun: .venv/bin/python bench/fleet_bench.py [BUNDLE] [--devices 20] [--seconds 60] [--rate 10] [--flood]
 
 1. N device processes (replaying the bundle's test set) at RATE Hz publish to one broker for the
    given time; the monitor's own Subscriber receives everything. Printed: end-to-end latency from
@@ -9,6 +9,13 @@ Rerun: .venv/bin/python bench/fleet_bench.py [BUNDLE] [--devices 20] [--seconds 
    from /proc over the wall time, in % of one core).
 2. One device as fast as it can go (--period 0) for 10 s to MQTT, then to a serial pty (socat),
    in the same run: predictions per second, and their ratio.
+
+With --flood (instead of 1 and 2): the monitor CLI itself (``python -m monitor ... --http``) under a
+hostile publisher at --flood-rate messages/s (default 5,000) beside the N honest devices, for the
+given time: new device ids (valid hellos and garbage), non-JSON, 10 MB payloads, nesting 100,000
+deep. Printed: honest predictions lost (reported by the devices against the monitor's final
+summary), the monitor's RSS growth (VmRSS from /proc, sampled every 0.5 s), and ``GET /state``'s
+time and size, worst over the run.
 """
 
 from __future__ import annotations
@@ -128,6 +135,105 @@ def throughput_phase(bundle: Path, broker: Mosquitto, tmp: Path, seconds: float 
           f"(drops {pty['drops']}), MQTT/serial = {da / db:.2f}")
 
 
+def flooder(url_port: int, rate: float, seconds: float, stop: threading.Event) -> dict:
+    """Publish hostile messages at ``rate`` per second under bench/+ (QoS 0, as an attacker would); counts."""
+    import paho.mqtt.client as paho
+
+    c = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", url_port)
+    c.loop_start()
+    rng = np.random.default_rng(0)
+    deep = b'{"type":"hello","labels":["a"],"input":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    big = b"{" + b" " * (10 << 20) + b"}"
+    hello = json.dumps({"type": "hello", "labels": ["x"] * 10, "period": 0.1}).encode()
+    sent = {"new_id_hello": 0, "new_id_garbage": 0, "non_json": 0, "deep": 0, "10MB": 0}
+    start = time.monotonic()
+    n = 0
+    while not stop.is_set() and time.monotonic() - start < seconds:
+        due = int((time.monotonic() - start) * rate)
+        while n < due:
+            n += 1
+            pick = n % 1000
+            if pick == 0:
+                c.publish(f"bench/big{n}/hello", big)
+                sent["10MB"] += 1
+            elif pick < 10:
+                c.publish(f"bench/deep{n}/hello", deep)
+                sent["deep"] += 1
+            elif pick < 400:
+                c.publish(f"bench/fake{n}/hello", hello)
+                sent["new_id_hello"] += 1
+            elif pick < 700:
+                c.publish(f"bench/junk{n}/prediction", rng.bytes(60))
+                sent["new_id_garbage"] += 1
+            else:
+                c.publish(f"bench/dev{pick % 20:02d}/prediction", b"not json at all " + rng.bytes(20))
+                sent["non_json"] += 1
+        time.sleep(0.002)
+    c.loop_stop()
+    c.disconnect()
+    return sent
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def flood_phase(bundle: Path, broker: Mosquitto, n: int, seconds: float, rate: float, flood: float) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        http = s.getsockname()[1]
+    mon = subprocess.Popen([sys.executable, "-m", "monitor", f"{broker.url}/bench/+", "--http", f"127.0.0.1:{http}",
+                            "--quiet", "--json", "--duration", str(seconds + 20)], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/state", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.2)
+    time.sleep(1.0)  # subscribed (the dashboard comes up first)
+    rss0 = rss_kb(mon.pid)
+    procs = [device(bundle, f"{broker.url}/bench?device=dev{i:02d}", 1 / rate, seconds) for i in range(n)]
+    stop = threading.Event()
+    counts: dict = {}
+    attacker = threading.Thread(target=lambda: counts.update(flooder(broker.port, flood, seconds, stop)))
+    attacker.start()
+    worst_ms = worst_bytes = rss_max = 0
+    while any(p.poll() is None for p in procs):
+        t0 = time.perf_counter()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{http}/state", timeout=10).read()
+        worst_ms = max(worst_ms, (time.perf_counter() - t0) * 1e3)
+        worst_bytes = max(worst_bytes, len(body))
+        rss_max = max(rss_max, rss_kb(mon.pid))
+        time.sleep(0.5)
+    reported = {f"dev{i:02d}": summary(p) for i, p in enumerate(procs)}
+    stop.set()
+    attacker.join()
+    time.sleep(3.0)  # the last honest messages through the broker
+    mon.send_signal(2)
+    out, err = mon.communicate(timeout=60)
+    final = json.loads(out)
+    honest = {k: v for k, v in final["devices"].items() if k in reported}
+    lost = sum(reported[k]["predictions"] - honest.get(k, {}).get("predictions", 0) for k in reported)
+    print(f"flood: {n} honest devices at {rate:g} Hz beside {flood:g} hostile messages/s for {seconds:g} s "
+          f"(one Mosquitto on 127.0.0.1, 2 cores shared; sent {sum(counts.values())}: {counts})")
+    print(f"  honest predictions: devices reported {sum(r['predictions'] for r in reported.values())}, lost {lost}; "
+          f"monitor exit {mon.returncode}")
+    print(f"  cards {len(final['devices'])} (at most 256), overflow {final.get('overflow', 0)}, "
+          f"foreign {final['foreign']}")
+    print(f"  monitor RSS: {rss0 / 1024:.1f} MB before, {rss_max / 1024:.1f} MB at most, growth "
+          f"{(rss_max - rss0) / 1024:.1f} MB")
+    print(f"  GET /state: worst {worst_ms:.1f} ms, largest {worst_bytes / 1024:.1f} KB")
+
+
 def main() -> None:
     rest = [a for i, a in enumerate(sys.argv[1:], 1) if not a.startswith("--") and not sys.argv[i - 1].startswith("--")]
     bundle = Path(rest[0]) if rest else ROOT / "out" / "digits"
@@ -137,6 +243,10 @@ def main() -> None:
         tmp = Path(tmp)
         broker = Mosquitto(tmp / "broker")
         try:
+            if "--flood" in sys.argv:
+                flood_phase(bundle, broker, arg("--devices", 20), arg("--seconds", 60.0), arg("--rate", 10.0),
+                            arg("--flood-rate", 5000.0))
+                return
             fleet_phase(bundle, broker, arg("--devices", 20), arg("--seconds", 60.0), arg("--rate", 10.0))
             throughput_phase(bundle, broker, tmp)
         finally:

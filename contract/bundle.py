@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ContractError
+from .protocol import codec_for
 
 FORMAT = "tinysense-bundle/1"
 INTEGER_DTYPES = ("int8", "uint8", "int16")
@@ -81,8 +82,9 @@ def _depth(value, limit: int = MAX_JSON_DEPTH) -> int:
 
 def parse_json(text: str, where: str) -> Any:
     """JSON within the size and depth bounds, as one ContractError otherwise."""
-    if len(text) > MAX_JSON_BYTES:
-        raise ContractError(f"{where} is {len(text):,} bytes, more than the {MAX_JSON_BYTES:,} a model.json may be")
+    size = len(text.encode(errors="surrogatepass"))  # bytes, not characters
+    if size > MAX_JSON_BYTES:
+        raise ContractError(f"{where} is {size:,} bytes, more than the {MAX_JSON_BYTES:,} a model.json may be")
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as e:
@@ -184,10 +186,22 @@ class ModelSpec:
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.format != FORMAT:
+            raise ContractError(f"model.json: format {self.format!r:.60} is not {FORMAT!r}: a bundle of another "
+                                "tinysense; rebuild it with this one's python -m build_model")
         labels = self.labels
         if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(v, str) for v in labels):
             raise ContractError("model.json: labels must be a non-empty list of strings")
+        try:  # what a receiver would refuse in the device's hello is refused here, before any run
+            codec_for("jsonl", labels)
+        except ValueError as e:
+            raise ContractError(f"model.json: {e}") from None
         object.__setattr__(self, "labels", tuple(labels))
+        for key in ("variant", "dataset"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise ContractError(f"model.json: {key} must be a string")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ContractError(f"model.json: seed must be a whole number, not {self.seed!r:.40}")
         _choice(self.kind, "kind", KINDS)
         if not isinstance(self.tflite_sha256, str):  # load() compares it with the file itself
             raise ContractError("model.json: tflite_sha256 must be a string")
@@ -274,8 +288,12 @@ def load(path: str | Path) -> Bundle:
         if not (path / name).is_file():
             raise ContractError(f"bundle {path} is incomplete: {name} is missing; "
                                 "rebuild it with python -m build_model")
+    raw = (path / "model.json").read_bytes()
+    if len(raw) > MAX_JSON_BYTES:  # before decoding: the bound is in bytes
+        raise ContractError(f"{path / 'model.json'} is {len(raw):,} bytes, more than the {MAX_JSON_BYTES:,} a "
+                            "model.json may be")
     try:
-        text = (path / "model.json").read_text()
+        text = raw.decode()
     except UnicodeDecodeError:
         raise ContractError(f"{path / 'model.json'} is not UTF-8 text; rebuild the bundle") from None
     try:

@@ -119,6 +119,8 @@ class Preprocessor:
                 raise FrameError(f"sensor window of shape {frame.shape}; the model takes {self.shape[1:]}")
         buf = self._buf
         np.copyto(buf, frame, casting="unsafe")  # to float32 first, as the build side does
+        if frame.dtype.kind == "f" and not np.isfinite(buf).all():  # NaN would quantize to a real-looking input
+            raise FrameError("a frame with NaN or infinite values")
         np.subtract(buf, self.mean, out=buf)
         np.divide(buf, self.std, out=buf)
         return quantize(buf, self.scale, self.zero_point, self.dtype, out=self._out)

@@ -173,8 +173,10 @@ def serve(args) -> int:
             notifier.stopping()
             notifier.close()
         sink.flush(2.0)
-        print(summary_text(stats, sink), file=sys.stderr)
-        print(json.dumps({"summary": stats.status(sink, args.period)}), file=sys.stderr)
+        closed, sink = sink, None
+        closed.close()  # before the summary: what a queue file could not keep is counted in it as drops
+        print(summary_text(stats, closed), file=sys.stderr)
+        print(json.dumps({"summary": stats.status(closed, args.period)}), file=sys.stderr)
         return 130 if interrupted else 0
     finally:
         if sink is not None:

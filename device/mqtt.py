@@ -18,7 +18,7 @@ from pathlib import Path
 
 from contract import atomic
 from contract.mqtt import client_for, parse, refused, start
-from contract.protocol import JsonlCodec
+from contract.protocol import Decoder, JsonlCodec, ProtocolError
 
 from . import DeviceError
 
@@ -240,12 +240,23 @@ class MqttSink:
         if self.queue_file is None or not self.queue_file.is_file():
             return
         try:
-            lines = self.queue_file.read_bytes().splitlines()
+            lines = [ln for ln in self.queue_file.read_bytes().splitlines() if ln.strip()]
         except OSError as e:
             raise DeviceError(f"cannot read the MQTT queue file {self.queue_file} ({e.strerror})") from None
+        decoder = Decoder("jsonl")  # every line was sealed with its CRC when it was queued
+        for n, line in enumerate(lines, 1):
+            try:
+                ours = decoder.decode(line).type in ("prediction", "skip")
+            except ProtocolError:
+                ours = False
+            if not ours:  # never published as is; the service goes on with an empty queue
+                rejected = self.queue_file.with_name(self.queue_file.name + ".rejected")
+                self.queue_file.replace(rejected)
+                self.log(f"mqtt: {self.queue_file} is not a queue of this device's (line {n} is not a sealed "
+                         f"prediction): moved to {rejected}, nothing of it published")
+                return
         for line in lines[-self.limit:]:
-            if line.strip():
-                self._pending.append((f"{self.base}/prediction", line))
+            self._pending.append((f"{self.base}/prediction", line))
         self.queue_file.unlink()
 
     def _save_queue(self) -> None:
@@ -258,7 +269,9 @@ class MqttSink:
         try:
             atomic.write_bytes(self.queue_file, b"\n".join(left) + b"\n")  # a failed write leaves no temp file
         except OSError as e:
-            self.log(f"mqtt: could not keep {len(left)} queued messages in {self.queue_file} ({e.strerror})")
+            self.drops += len(left)  # lost: the summary counts them
+            self.log(f"mqtt: could not keep {len(left)} queued messages in {self.queue_file} ({e.strerror}); "
+                     "they are lost (counted as drops)")
 
 
 def _topic_part_or_host() -> str:

@@ -31,6 +31,32 @@ from .sinks import BACKOFF_S
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
+MAX_REPLAY_BYTES = 2 << 30  # a replay file is read whole, up front: larger does not fit a Pi's memory
+
+
+def _check_sizes(path: Path) -> None:
+    """Each array's header (.npy, or every member of an .npz) against the bytes that hold it, before
+    anything is allocated: a 200-byte file whose header claims terabytes is damaged, not loaded."""
+    import zipfile
+
+    def check(f, stored: int, name: str) -> None:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if need > stored or need > MAX_REPLAY_BYTES:
+            raise DeviceError(f"replay file {path}: {name} claims {need:,} bytes of data in {stored:,}: it is "
+                              f"damaged (or larger than the {MAX_REPLAY_BYTES >> 30} GiB a replay may be)")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                with z.open(info) as f:
+                    check(f, info.file_size, info.filename)
+    else:
+        with open(path, "rb") as f:
+            check(f, path.stat().st_size, "the array")
+
+
 class ReplaySource:
     """Frames from a file or folder, in order; ``truth`` set when the file has labels."""
 
@@ -49,6 +75,10 @@ class ReplaySource:
             raise DeviceError(f"replay file {self.path} holds samples of shape {sample}, not images")
         if len(self.x) == 0:
             raise DeviceError(f"replay file {self.path} holds no samples")
+        n = len(spec.labels)
+        if self.y is not None and (self.y.min() < 0 or self.y.max() >= n):
+            raise DeviceError(f"replay file {self.path}: y holds class ids outside 0 to {n - 1} (this model's "
+                              f"{n} classes): replay its own testset.npz")
         self._i = 0
 
     @staticmethod
@@ -76,6 +106,7 @@ class ReplaySource:
         import zlib
 
         try:
+            _check_sizes(path)
             data = np.load(path, allow_pickle=False)
             if isinstance(data, np.ndarray):
                 return data, None, None

@@ -17,8 +17,8 @@ import time
 
 from contract.cli import run_cli
 from contract.errors import UsageError
-from contract.protocol import FORMATS
-from dashboard.fleet import Fleet, Monitor
+from contract.protocol import FORMATS, MAX_LABEL_BYTES, MAX_LABELS, MAX_MESSAGE
+from dashboard.fleet import MAX_DEVICES, STALE_MIN_S, STALE_PERIODS, Fleet, Monitor
 from dashboard.server import Dashboard
 
 from . import MonitorError
@@ -47,7 +47,12 @@ def watch(read, monitor, stop: threading.Event, duration: float | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m monitor", description="Decode a tinysense device stream live.")
+    p = argparse.ArgumentParser(
+        prog="python -m monitor", description="Decode a tinysense device stream live.",
+        epilog=f"Limits: a message of at most {MAX_MESSAGE // 1024} KiB; {MAX_LABELS} labels of {MAX_LABEL_BYTES} "
+               f"bytes per hello; {MAX_DEVICES} devices per fleet (messages from more are counted as overflow, no "
+               f"card); a device silent for {STALE_PERIODS} periods (at least {STALE_MIN_S:g} s) is stale. A "
+               "message beyond a bound is counted by kind and dropped.")
     p.add_argument("port", help="serial port or pyserial URL (/dev/ttyUSB0, a pty path, socket://host:port), "
                                 "or a broker: mqtt://HOST[:PORT]/PREFIX/+ (every device) or .../PREFIX/ID")
     p.add_argument("--format", choices=FORMATS, default="jsonl")

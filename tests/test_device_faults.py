@@ -183,6 +183,11 @@ def _edit(digits_bundle, tmp_path, change):
     (lambda d: d.update(kind="audio"), "kind 'audio'"),
     (lambda d: d.update(labels="abc"), "labels must be a non-empty list"),
     (lambda d: d.update(provenance=nested(100)), "nests deeper than"),
+    (lambda d: d.update(format="tinysense-bundle/999"), "format 'tinysense-bundle/999' is not"),
+    (lambda d: d.update(seed="zero"), "seed must be a whole number"),
+    (lambda d: d.update(variant=3), "variant must be a string"),
+    (lambda d: d.update(labels=["a\u001b[2J"] + d["labels"][1:]), "label must be a printable string"),
+    (lambda d: d.update(labels=["x" * 65] + d["labels"][1:]), "at most 64 UTF-8 bytes"),
 ])
 def test_bad_model_json_values_are_refused(digits_bundle, tmp_path, change, words):
     b = _edit(digits_bundle, tmp_path, change)
@@ -204,9 +209,10 @@ def test_bad_model_json_is_one_line_from_the_cli(digits_bundle, tmp_path):
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "finite positive" in r.stderr
 
 
-def test_oversized_model_json_is_refused(digits_bundle, tmp_path):
+@pytest.mark.parametrize("text", [" " * (bundle.MAX_JSON_BYTES + 1), "é" * (bundle.MAX_JSON_BYTES // 2 + 1)])
+def test_oversized_model_json_is_refused(digits_bundle, tmp_path, text):
     b = shutil.copytree(digits_bundle, tmp_path / "b")
-    (b / "model.json").write_text(" " * (bundle.MAX_JSON_BYTES + 1))
+    (b / "model.json").write_text(text)  # the second: fewer characters than the bound, more bytes
     with pytest.raises(ContractError, match="more than the"):
         bundle.load(b)
 
@@ -361,6 +367,33 @@ def test_damaged_replay_files_are_one_line(digits_bundle, tmp_path):
     for name in ("cut.npz", "noise.npz", "bad.npz"):
         with pytest.raises(DeviceError, match="cannot read replay file"):
             ReplaySource(str(tmp_path / name), spec)
+
+
+def test_replay_files_that_lie_are_refused_before_anything_is_allocated(digits_bundle, tmp_path):
+    spec = bundle.load(digits_bundle).spec
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 8, 8), np.float32))
+    header["shape"] = (2 ** 40, 8, 8)  # 23 TiB of float32 claimed by a file of a few hundred bytes
+    with zipfile.ZipFile(tmp_path / "liar.npz", "w") as z, z.open("x.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 64)
+    assert (tmp_path / "liar.npz").stat().st_size < 1000
+    with pytest.raises(DeviceError, match="claims 256,000,000,000,000,000 bytes|claims .* bytes of data in"):
+        ReplaySource(str(tmp_path / "liar.npz"), spec)  # once a MemoryError
+    x = np.zeros((4, 8, 8), np.float32)
+    np.savez(tmp_path / "far.npz", x=x, y=np.array([0, 1, 2 ** 40, 3]))  # once struct.error in a binary run
+    with pytest.raises(DeviceError, match="y holds class ids outside 0 to 9"):
+        ReplaySource(str(tmp_path / "far.npz"), spec)
+
+
+def test_nan_frames_are_bad_frames_not_predictions(digits_bundle, tmp_path):
+    x = np.full((6, 8, 8), np.nan, np.float32)
+    x[::2] = 3.0  # every other frame is real
+    np.savez(tmp_path / "nan.npz", x=x)
+    r = subprocess.run([sys.executable, "-m", "device", "--model", str(digits_bundle), "--source",
+                        f"replay:{tmp_path / 'nan.npz'}", "--port", "null", "--period", "0"], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    stats = json.loads([ln for ln in r.stderr.splitlines() if ln.startswith('{"summary"')][-1])["summary"]
+    assert r.returncode == 0 and stats["frames"] == 6 and stats["bad_frames"] == 3 and stats["predictions"] == 3
 
 
 def test_a_testset_for_another_model_is_refused(digits_bundle, tmp_path):

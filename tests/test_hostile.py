@@ -302,3 +302,10 @@ def test_the_monitor_exits_130_on_sigint_at_any_moment(when):
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 130 and "Traceback" not in err, (p.returncode, err)
+
+
+def test_the_limits_are_in_the_help():
+    r = subprocess.run([sys.executable, "-m", "monitor", "--help"], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT)
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0 and f"{MAX_DEVICES} devices per fleet" in text and "256 KiB" in text

@@ -431,3 +431,33 @@ def test_with_the_acl_a_device_speaks_only_for_itself_and_a_monitor_only_listens
         listen.close()
     finally:
         b.stop()
+
+
+def test_a_queue_file_that_cannot_be_written_counts_its_losses_and_one_not_ours_is_never_published(
+        digits_bundle, tmp_path):
+    import resource
+
+    b = Mosquitto(tmp_path / "later")
+    b.stop()  # nothing listening: every prediction stays queued
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    qfile = qdir / "queue.jsonl"
+
+    def small_files():  # a full disk: writes past 200 bytes fail with EFBIG (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+    stats = summary(device(digits_bundle, f"{b.url}/late?device=q1&queue_file={qfile}", extra=("--max-frames", "30"),
+                           preexec_fn=small_files))
+    assert stats["drops"] == 30  # once: 0, and the predictions silently gone
+    assert list(qdir.iterdir()) == []  # no queue file half written, no temporary file left
+    qfile.write_bytes(b"\x00\xffrandom bytes\n" + b'{"type":"prediction","seq":1}\n')
+    b.start()
+    try:
+        listen = Listener(f"{b.url}/late/+")
+        r = device(digits_bundle, f"{b.url}/late?device=q1&queue_file={qfile}", extra=("--max-frames", "5"))
+        stats = summary(r)
+        wait_for(lambda: listen.device("q1") and listen.device("q1").predictions == 5, what="the 5 new ones")
+        assert listen.fleet.foreign == 0 and listen.device("q1").errors == 0  # nothing of the file was published
+        assert not qfile.exists() and (qdir / "queue.jsonl.rejected").is_file()
+        listen.close()
+    finally:
+        b.stop()
