@@ -292,9 +292,12 @@ def test_the_monitors_bad_flags_are_one_line(args, words):
     assert "\n" not in r.stderr.strip()
 
 
-@pytest.mark.parametrize("when", [0.3, 2.0])
-def test_the_monitor_exits_130_on_sigint_at_any_moment(when):
-    p = subprocess.Popen([sys.executable, "-m", "monitor", "loop://", "--quiet"], stdout=subprocess.PIPE,
+@pytest.mark.parametrize("program, when", [("monitor", 0.3), ("monitor", 2.0), ("device", 0.3)])
+def test_sigint_at_any_moment_exits_130(program, when, digits_bundle):
+    """(The device in its loop: test_device_faults.py's test_sigint_exits_130_with_status_lines_...)"""
+    args = ["loop://", "--quiet"] if program == "monitor" else [
+        "--model", str(digits_bundle), "--source", "synthetic", "--port", "null"]
+    p = subprocess.Popen([sys.executable, "-m", program, *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
     # early: importing numpy and paho (once a KeyboardInterrupt traceback); later: in the loop. (The first
     # tens of milliseconds are Python's own start, before any of our code: not ours to handle.)
