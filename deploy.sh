@@ -21,6 +21,7 @@ SOURCE="replay:testset.npz?loop=1"
 PORTS=()
 PORT=""  # the serial port among PORTS, for the preflight checks
 MQTT_CREDENTIALS=""
+DASHBOARD_TOKEN=""
 DASHBOARD=""
 PERIOD="1"
 FORMAT="jsonl"
@@ -41,6 +42,7 @@ usage() {
 usage:
   ./deploy.sh pi USER@HOST --model BUNDLE_DIR [--source SPEC] [--port PORT]... [--period S]
               [--format jsonl|binary] [--mqtt-credentials FILE] [--dashboard HOST:PORT]
+              [--dashboard-token FILE]
               [--ssh-port N] [--ssh-config FILE] [--remote-dir DIR]
               [--python PATH] [--no-systemd] [--any-arch] [--allow-root] [--dry-run]
   ./deploy.sh status USER@HOST [ssh options]     the service and its last lines
@@ -54,7 +56,8 @@ Defaults: --source replay:testset.npz?loop=1 (a path relative to the bundle), --
 --period 1, --format jsonl, --remote-dir ~/tinysense (an absolute path when given). --port repeats
 (serial and mqtt://HOST/PREFIX?device=ID at once); --mqtt-credentials FILE (user name, then password)
 is copied to the Pi with mode 0600 and read by the service, never put on a command line.
---dashboard 0.0.0.0:8080 serves the live dashboard from the Pi. --any-arch
+--dashboard 0.0.0.0:8080 serves the live dashboard from the Pi; any address but loopback needs
+--dashboard-token FILE (mode 0600: the token on its first line), copied as the MQTT login is. --any-arch
 allows a host that is not a Pi (aarch64 or armv7l), for testing on any Linux machine. The service
 runs as the user who logs in; root is refused unless --allow-root.
 EOF
@@ -107,6 +110,10 @@ check_options() {
   if [[ -n $MQTT_CREDENTIALS ]]; then
     ((mqtt)) || die "--mqtt-credentials needs an MQTT --port (mqtt://HOST/PREFIX?device=ID)"
     [[ -f $MQTT_CREDENTIALS ]] || die "--mqtt-credentials $MQTT_CREDENTIALS does not exist"
+  fi
+  if [[ -n $DASHBOARD_TOKEN ]]; then
+    [[ -n $DASHBOARD ]] || die "--dashboard-token needs --dashboard HOST:PORT"
+    [[ -f $DASHBOARD_TOKEN ]] || die "--dashboard-token $DASHBOARD_TOKEN does not exist"
   fi
 }
 
@@ -400,9 +407,22 @@ device_args() {
     DEVICE_ARGS+=(--port "$p")
   done
   [[ -z $DASHBOARD ]] || DEVICE_ARGS+=(--dashboard "$DASHBOARD")
+  [[ -z $DASHBOARD_TOKEN ]] || DEVICE_ARGS+=(--dashboard-token @DIR@/dashboard-token)
 }
 
 # ---- pi ------------------------------------------------------------------------
+
+# put_secret LOCAL_FILE NAME WHAT: LOCAL_FILE to $rdir/NAME on the Pi with mode 0600, never on a command line
+put_secret() {
+  local put
+  say "copying $3 (mode 0600) ..."
+  put="umask 077 && cat > $(printf '%q' "$rdir/$2.new") && chmod 600 $(printf '%q' "$rdir/$2.new") && mv -f $(printf '%q' "$rdir/$2.new") $(printf '%q' "$rdir/$2")"
+  if ((DRY_RUN)); then
+    printf '+ %s < %s\n' "$(quote "${SSH[@]}" "$HOST" "$put")" "$(quote "$1")"
+  else
+    "${SSH[@]}" "$HOST" "$put" < "$1" || die "copying $3 to $HOST failed"
+  fi
+}
 
 deploy_pi() {
   check_host "$HOST"
@@ -419,7 +439,7 @@ deploy_pi() {
   bundle_sha=$(bundle_tar | sha)
   mode=$( ((USE_SYSTEMD)) && echo systemd || echo background)
   device_args
-  config_sha=$( { printf '%s\n' "$mode" "${DEVICE_ARGS[@]}"; [[ -z $MQTT_CREDENTIALS ]] || cat "$MQTT_CREDENTIALS"; } | sha)
+  config_sha=$( { printf '%s\n' "$mode" "${DEVICE_ARGS[@]}"; [[ -z $MQTT_CREDENTIALS ]] || cat "$MQTT_CREDENTIALS"; [[ -z $DASHBOARD_TOKEN ]] || cat "$DASHBOARD_TOKEN"; } | sha)
   # shellcheck disable=SC2034  # read by name in vars
   local fingerprint="$app_sha $bundle_sha $config_sha"
   # where tar unpacks: --remote-dir, or ~/tinysense (ssh starts in the home folder)
@@ -459,17 +479,9 @@ deploy_pi() {
     bundle_tar | "${SSH[@]}" "$HOST" "tar -xf - -C $(printf '%q' "$rdir/bundles/$bundle_sha.new")"
   fi
 
-  # 4. the MQTT login, readable by the service's user alone
-  if [[ -n $MQTT_CREDENTIALS ]]; then
-    say "copying the MQTT credentials (mode 0600) ..."
-    local put
-    put="umask 077 && cat > $(printf '%q' "$rdir/mqtt-credentials.new") && chmod 600 $(printf '%q' "$rdir/mqtt-credentials.new") && mv -f $(printf '%q' "$rdir/mqtt-credentials.new") $(printf '%q' "$rdir/mqtt-credentials")"
-    if ((DRY_RUN)); then
-      printf '+ %s < %s\n' "$(quote "${SSH[@]}" "$HOST" "$put")" "$(quote "$MQTT_CREDENTIALS")"
-    else
-      "${SSH[@]}" "$HOST" "$put" < "$MQTT_CREDENTIALS" || die "copying the MQTT credentials to $HOST failed"
-    fi
-  fi
+  # 4. the MQTT login and the dashboard's token, readable by the service's user alone
+  [[ -z $MQTT_CREDENTIALS ]] || put_secret "$MQTT_CREDENTIALS" mqtt-credentials "the MQTT credentials"
+  [[ -z $DASHBOARD_TOKEN ]] || put_secret "$DASHBOARD_TOKEN" dashboard-token "the dashboard token"
 
   # 5. the service (or a supervised background process), then start; the Pi checks the bundle with
   # its own interpreter and writes the unit with the app's own code
@@ -530,6 +542,7 @@ parse_options() {
       --port) PORTS+=("${2?--port needs a value}"); shift ;;
       --mqtt-credentials) MQTT_CREDENTIALS=${2?--mqtt-credentials needs a file}; shift ;;
       --dashboard) DASHBOARD=${2?--dashboard needs HOST:PORT}; shift ;;
+      --dashboard-token) DASHBOARD_TOKEN=${2?--dashboard-token needs a file}; shift ;;
       --period) PERIOD=${2?--period needs a value}; shift ;;
       --format) FORMAT=${2?--format needs a value}; shift ;;
       --ssh-port) SSH_PORT=${2?--ssh-port needs a value}; shift ;;

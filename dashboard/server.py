@@ -3,18 +3,40 @@
 ``GET /`` the page (dashboard/web/: HTML, CSS and JavaScript that ship in the package), ``GET /state``
 the fleet as JSON, ``GET /thumbnail/DEVICE.jpg`` a device's latest frame when it sends one,
 ``GET /events`` the same as server-sent events, pushed four times a second.
+
+Safe to put on a network: loopback needs nothing, any other address needs a token (a file of mode
+0600, as the MQTT credentials are) that every request carries (``Authorization: Bearer TOKEN``, or
+``?token=TOKEN`` once, which sets a cookie for the page's own requests); TLS with a certificate
+file. At most MAX_CLIENTS connections are served at once, the rest get 503 without a thread; the
+state is encoded once per push for every stream; a client that sends no request, or cannot take a
+push, within its timeout is dropped.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import re
+import socket
+import ssl
+import stat
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import DashboardError
 
 PUSH_S = 0.25  # how often a stream sends the fleet
+MAX_CLIENTS = 32  # connections served at once; more get 503 at once, without a thread of their own
+REQUEST_TIMEOUT_S = 10.0  # a client that has not sent its request by then is dropped
+PUSH_TIMEOUT_S = 5.0  # a stream whose client cannot take a push (its buffers full) for this long is dropped
+STREAM_SNDBUF = 64 * 1024  # bytes a stalled stream can hold on our side before a push blocks
+MIN_TOKEN = 16  # characters
+COOKIE = "tinysense_token"
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
 
@@ -39,27 +61,158 @@ def state_json(fleet) -> bytes:
     return json.dumps(fleet.snapshot(), separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
-class Dashboard:
-    """The HTTP server in a thread of its own; ``close`` ends the streams and the server."""
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, fleet, address: str):
-        host, port = parse_address(address)
+
+def read_token(path: Path, flag: str) -> str:
+    """The token on the first line of a file only its owner can read."""
+    try:
+        mode, lines = path.stat().st_mode, path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DashboardError(f"cannot read the token file {path} ({getattr(e, 'strerror', None) or e}): give "
+                             f"{flag} a file whose first line is the token") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise DashboardError(f"the token file {path} can be read by others: chmod 600 {path}")
+    token = lines[0].strip() if lines else ""
+    if not re.fullmatch(r"[A-Za-z0-9._~+/=-]*", token):
+        raise DashboardError(f"the token in {path} has characters a cookie cannot carry: use letters, digits and "
+                             "-._~+/=")
+    if len(token) < MIN_TOKEN:
+        raise DashboardError(f"the token in {path} is shorter than {MIN_TOKEN} characters: write a longer one, "
+                             "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'")
+    return token
+
+
+def check_access(address: str, token_file, cert, key, flag: str = "--http") -> tuple[str, int]:
+    """(host, port) when the address and its protection go together: any address but loopback needs a
+    token file, and TLS both a certificate and a key. (The files themselves are read when serving.)"""
+    host, port = parse_address(address, flag)
+    if token_file is None and not is_loopback(host):
+        raise DashboardError(f"{flag} {address} is open to the network: give a token file ({flag}-token FILE, "
+                             f"mode 600), or serve on 127.0.0.1")
+    if (cert is None) != (key is None):
+        raise DashboardError(f"TLS needs both {flag}-cert and {flag}-key")
+    return host, port
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_clients`` at once; the others are answered 503 and closed here."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_clients: int, tls: ssl.SSLContext | None):
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self.tls = tls
+        self.turned_away = 0
+        self.clients = 0  # connections being served now
+        self._count = threading.Lock()
+        super().__init__(address, handler)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.tls is not None:  # the handshake happens in the connection's own thread, under its timeout
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.turned_away += 1
+            if self.tls is None:
+                try:
+                    request.settimeout(1.0)
+                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 5\r\n"
+                                    b"Connection: close\r\n\r\n")
+                except OSError:
+                    pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        with self._count:
+            self.clients += 1
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count:
+                self.clients -= 1
+            self._slots.release()
+
+
+class Dashboard:
+    """The HTTP server in a thread of its own; ``close`` ends the streams and the server.
+
+    ``token_file``: needed for any address but loopback. ``cert``/``key``: serve HTTPS.
+    """
+
+    def __init__(self, fleet, address: str, token_file: Path | None = None, cert: Path | None = None,
+                 key: Path | None = None, max_clients: int = MAX_CLIENTS, flag: str = "--http"):
+        host, port = check_access(address, token_file, cert, key, flag)
+        self.token = read_token(Path(token_file), f"{flag}-token") if token_file is not None else None
+        tls = None
+        if cert is not None:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                tls.load_cert_chain(str(cert), str(key))
+            except (OSError, ssl.SSLError) as e:
+                raise DashboardError(f"cannot use the certificate {cert} with the key {key} ({e}): give a PEM "
+                                     "certificate and its private key") from None
+        self.tls = tls is not None
         self.fleet = fleet
         self.closing = threading.Event()
         self.pages = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
+        self._encoded: tuple[float, bytes] = (-1e9, b"")
+        self._encoding = threading.Lock()
         handler = type("Handler", (_Handler,), {"board": self})
         try:
-            self.server = ThreadingHTTPServer((host, port), handler)
+            self.server = _Server((host, port), handler, max_clients, tls)
         except OSError as e:
-            raise DashboardError(f"cannot serve the dashboard on {address} ({e.strerror}): choose another --http "
-                              "address or port") from None
-        self.server.daemon_threads = True
+            raise DashboardError(f"cannot serve the dashboard on {address} ({e.strerror}): choose another {flag} "
+                                 "address or port") from None
         self.address = f"{host}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="dashboard", daemon=True)
         self._thread.start()
 
+    @property
+    def clients(self) -> int:
+        """Connections being served now (at most ``max_clients``)."""
+        return self.server.clients
+
+    @property
+    def turned_away(self) -> int:
+        """Connections answered 503: more than ``max_clients`` at once."""
+        return self.server.turned_away
+
     def state_json(self) -> bytes:
-        return state_json(self.fleet)
+        """The fleet as JSON, encoded at most once per PUSH_S for every stream and request together."""
+        with self._encoding:
+            t, body = self._encoded
+            if time.monotonic() - t >= PUSH_S:
+                body = state_json(self.fleet)
+                self._encoded = (time.monotonic(), body)
+            return body
+
+    def allows(self, handler: "_Handler") -> tuple[bool, bool]:
+        """(allowed, set the cookie): the token from the Authorization header, the cookie or ?token=."""
+        if self.token is None:
+            return True, False
+        auth = handler.headers.get("Authorization", "")
+        if auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(), self.token.encode()):
+            return True, False
+        for part in handler.headers.get("Cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == COOKIE and hmac.compare_digest(value.encode(), self.token.encode()):
+                return True, False
+        query = parse_qs(urlsplit(handler.path).query).get("token", [""])[0]
+        if query and hmac.compare_digest(query.encode(), self.token.encode()):
+            return True, True
+        return False, False
 
     def close(self) -> None:
         self.closing.set()
@@ -70,21 +223,45 @@ class Dashboard:
 class _Handler(BaseHTTPRequestHandler):
     board: Dashboard
     server_version = "tinysense-dashboard"
+    timeout = REQUEST_TIMEOUT_S  # on the socket: a client that sends nothing is dropped
+    _cookie = False
+
+    def setup(self):
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()  # under the timeout above, in this connection's thread
+
+    def handle(self):
+        try:
+            super().handle()
+        except (OSError, ssl.SSLError):  # a client gone, stalled past its timeout, or not speaking TLS
+            self.close_connection = True
 
     def log_message(self, fmt, *args):  # no access log on stderr
         pass
 
     def _send(self, body: bytes, kind: str, status: int = 200) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", kind)
+        self._headers(kind)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
         self.wfile.write(body)
 
+    def _headers(self, kind: str) -> None:
+        self.send_header("Content-Type", kind)
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if self._cookie:
+            secure = "; Secure" if self.board.tls else ""
+            self.send_header("Set-Cookie", f"{COOKIE}={self.board.token}; HttpOnly; SameSite=Strict; Path=/{secure}")
+
     def do_GET(self):  # http.server's name for it
-        path = self.path.split("?", 1)[0]
+        allowed, self._cookie = self.board.allows(self)
+        if not allowed:
+            self._send(b"a token is needed: open /?token=TOKEN once, or send Authorization: Bearer TOKEN\n",
+                       "text/plain", 401)
+            return
+        path = urlsplit(self.path).path
         if path in self.board.pages:
             self._send(*self.board.pages[path])
         elif path == "/state":
@@ -92,8 +269,6 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/events":
             self._events()
         elif path.startswith("/thumbnail/") and path.endswith(".jpg"):
-            from urllib.parse import unquote
-
             with self.board.fleet.lock:
                 jpeg = self.board.fleet.thumbnails.get(unquote(path[len("/thumbnail/"):-4]))
             if jpeg is None:
@@ -105,13 +280,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _events(self) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-store")
+        self._headers("text/event-stream")
         self.end_headers()
+        self.connection.settimeout(PUSH_TIMEOUT_S)  # a push that cannot go out in this time: the client stalled
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
         try:
             while not self.board.closing.is_set():
                 self.wfile.write(b"data: " + self.board.state_json() + b"\n\n")
                 self.wfile.flush()
                 self.board.closing.wait(PUSH_S)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the page went away
+        except (OSError, ssl.SSLError):
+            pass  # the page went away, or stopped reading
+        self.close_connection = True

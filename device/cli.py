@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from contract.cli import run_cli
 from contract.preprocess import Preprocessor
@@ -50,7 +51,13 @@ def parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="image models: a small JPEG of the latest frame every S seconds, to MQTT (retained "
                         "PREFIX/ID/thumbnail) and --dashboard (needs Pillow; default 0: none)")
     p.add_argument("--dashboard", metavar="HOST:PORT",
-                   help="serve the live dashboard from this device, e.g. 0.0.0.0:8080 (its own predictions)")
+                   help="serve the live dashboard from this device, e.g. 127.0.0.1:8080 (its own predictions); "
+                        "any address but loopback needs --dashboard-token")
+    p.add_argument("--dashboard-token", type=Path, metavar="FILE",
+                   help="a file (mode 600) whose first line is the token the page asks for")
+    p.add_argument("--dashboard-cert", type=Path, metavar="FILE", help="serve the dashboard over HTTPS: the "
+                                                                      "certificate (PEM) ...")
+    p.add_argument("--dashboard-key", type=Path, metavar="FILE", help="... and its private key")
     return p
 
 
@@ -102,6 +109,13 @@ def check_args(args) -> None:
     period("thumbnail-every", args.thumbnail_every)
 
 
+def dashboard_options(args) -> dict:
+    """The Dashboard's keyword arguments from --dashboard-token, --dashboard-cert and --dashboard-key."""
+    if not args.dashboard and (args.dashboard_token or args.dashboard_cert or args.dashboard_key):
+        raise DeviceError("--dashboard-token, --dashboard-cert and --dashboard-key are for --dashboard HOST:PORT")
+    return {"token_file": args.dashboard_token, "cert": args.dashboard_cert, "key": args.dashboard_key}
+
+
 def status_line(msg: dict) -> str:
     """One line for the journal: what a person checks first on a live device."""
     lat = msg.get("latency_ms", {})
@@ -149,7 +163,8 @@ def serve(args) -> int:
                  "layout": b.spec.input.preprocess.layout}
         hello_record = Hello(b.spec.labels, args.period, args.format, b.spec.tflite_sha256, facts)
         hello = encoder.encode(hello_record)
-        sink = open_sinks(args.port, dashboard=args.dashboard, baudrate=args.baud, hello=hello,
+        sink = open_sinks(args.port, dashboard=args.dashboard, board=dashboard_options(args), baudrate=args.baud,
+                          hello=hello,
                           hello_record=hello_record, stream_format=args.format,
                           log=lambda text: print(text, file=sys.stderr, flush=True))
 

@@ -20,10 +20,10 @@ from contract import UsageError, bundle, specs
 from contract.cli import run_cli
 from contract.mqtt import parse as parse_broker
 from contract.runtime import open_bundle
-from dashboard.server import parse_address
+from dashboard.server import check_access
 
 from . import DeviceError
-from .cli import check_args, parser as device_parser
+from .cli import check_args, dashboard_options, parser as device_parser
 from .sources import SCHEMES
 
 
@@ -38,12 +38,13 @@ def device_options(argv: list[str]) -> argparse.Namespace:
     """The device's options as the service will run them, checked as the app checks them at start."""
     args = device_parser(_OneLine).parse_args(argv)
     check_args(args)
+    dashboard_options(args)
     specs.parse(args.source, SCHEMES, "source")
     for port in args.port:
         if port.startswith(("mqtt:", "mqtts:")):
             parse_broker(port)
-    if args.dashboard:
-        parse_address(args.dashboard, "--dashboard")
+    if args.dashboard:  # the token and certificate files are read on the Pi, where they are copied to
+        check_access(args.dashboard, args.dashboard_token, args.dashboard_cert, args.dashboard_key, "--dashboard")
     return args
 
 

@@ -283,11 +283,12 @@ class DashboardSink:
     drops = reconnects = 0
     shows_pictures = True
 
-    def __init__(self, address: str, hello=None, name: str | None = None):
+    def __init__(self, address: str, hello=None, name: str | None = None, **board):
+        """``board``: the Dashboard's token_file, cert and key."""
         self.codec = JsonlCodec(())
         self.fleet = Fleet()
         self.name = name or socket.gethostname() or "device"
-        self.board = Dashboard(self.fleet, address)
+        self.board = Dashboard(self.fleet, address, flag="--dashboard", **board)
         if hello is not None:
             self.send(b"", hello)
 
@@ -319,15 +320,15 @@ def open_sink(url: str, hello_record=None, log=lambda *a: None, stream_format: s
     return SerialSink(url, **kwargs)
 
 
-def open_sinks(urls: list[str], dashboard: str | None = None, **kwargs) -> Sink:
-    """One sink per URL, and the device's own dashboard when an address is given; several become one
-    FanOut. A failure closes the ones already open."""
+def open_sinks(urls: list[str], dashboard: str | None = None, board: dict | None = None, **kwargs) -> Sink:
+    """One sink per URL, and the device's own dashboard when an address is given (``board``: its token_file,
+    cert and key); several become one FanOut. A failure closes the ones already open."""
     opened = []
     try:
         for url in urls:
             opened.append(open_sink(url, **kwargs))
         if dashboard:
-            opened.append(DashboardSink(dashboard, kwargs.get("hello_record")))
+            opened.append(DashboardSink(dashboard, kwargs.get("hello_record"), **(board or {})))
     except BaseException:
         for s in opened:
             s.close()

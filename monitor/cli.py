@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from contract.cli import run_cli
 from contract.errors import UsageError
@@ -64,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-q", "--quiet", action="store_true", help="no live display, only the summary")
     p.add_argument("--http", metavar="HOST:PORT",
                    help="serve a live dashboard (and /state as JSON) on this address, e.g. 127.0.0.1:8080")
+    p.add_argument("--http-token", type=Path, metavar="FILE",
+                   help="a file (mode 600) whose first line is the token the dashboard asks for; needed for any "
+                        "address but loopback")
+    p.add_argument("--http-cert", type=Path, metavar="FILE", help="serve the dashboard over HTTPS with this "
+                                                                 "certificate (PEM) ...")
+    p.add_argument("--http-key", type=Path, metavar="FILE", help="... and its private key")
     p.add_argument("--session", help="MQTT: a durable subscription of this name (the broker keeps messages for "
                                      "it while the monitor is away)")
     return run_cli("monitor", p, monitor_any, argv)
@@ -96,8 +103,8 @@ def monitor_any(args) -> int:
 def _dashboard(args, fleet: Fleet):
     if not args.http:
         return None
-    board = Dashboard(fleet, args.http)
-    print(f"monitor: dashboard on http://{board.address}/", file=sys.stderr, flush=True)
+    board = Dashboard(fleet, args.http, args.http_token, args.http_cert, args.http_key)
+    print(f"monitor: dashboard on http{'s' if board.tls else ''}://{board.address}/", file=sys.stderr, flush=True)
     return board
 
 

@@ -71,6 +71,16 @@ def digits_bundle(tmp_path_factory) -> Path:
     return out
 
 
+def wait_for(cond, timeout: float = 20.0, what: str = "the condition") -> None:
+    """Poll ``cond`` every 50 ms; fail the test, naming ``what``, after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
 def start_socat(tmp_path, a="app", b="host"):
     socat = require_tool("socat")
     proc = subprocess.Popen([socat, f"pty,raw,echo=0,link={tmp_path / a}",

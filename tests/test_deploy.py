@@ -103,16 +103,23 @@ def test_unit_escapes_the_folder_and_is_hardened(digits_bundle, tmp_path):
 def test_unit_with_mqtt_serial_and_a_dashboard_keeps_the_secret_out(digits_bundle, tmp_path):
     login = tmp_path / "login"
     login.write_text("pi\nvery secret\n")
+    token = tmp_path / "token"
+    token.write_text("a-token-nobody-guesses\n")
+    token.chmod(0o600)
     r = sh("unit", "--model", digits_bundle, "--remote-dir", "/srv/ts", "--port", "/dev/serial0", "--port",
-           "mqtt://broker.lan/site?device=pi1", "--mqtt-credentials", login, "--dashboard", "0.0.0.0:8080")
+           "mqtt://broker.lan/site?device=pi1", "--mqtt-credentials", login, "--dashboard", "0.0.0.0:8080",
+           "--dashboard-token", token)
     assert r.returncode == 0, r.stderr
     assert ('"--port" "/dev/serial0" "--port" "mqtt://broker.lan/site?device=pi1&credentials=/srv/ts/mqtt-credentials"'
-            ' "--dashboard" "0.0.0.0:8080"') in r.stdout
-    assert "very secret" not in r.stdout and "After=network-online.target" in r.stdout
+            ' "--dashboard" "0.0.0.0:8080" "--dashboard-token" "/srv/ts/dashboard-token"') in r.stdout
+    assert "very secret" not in r.stdout and "nobody-guesses" not in r.stdout
+    assert "After=network-online.target" in r.stdout
     for bad, words in [(["--port", "mqtt://pi:pw@broker/x"], "no user name or password"),
                        (["--mqtt-credentials", login], "needs an MQTT --port"),
                        (["--port", "mqtt://b/x", "--mqtt-credentials", tmp_path / "nope"], "does not exist"),
-                       (["--dashboard", "8080"], "HOST:PORT")]:
+                       (["--dashboard", "8080"], "HOST:PORT"),
+                       (["--dashboard", "0.0.0.0:8080"], "is open to the network: give a token file"),
+                       (["--dashboard-token", token], "--dashboard-token needs --dashboard")]:
         r = sh("unit", "--model", digits_bundle, *bad)
         assert r.returncode == 1 and words in r.stderr, (bad, r.stderr)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from brokers import Mosquitto
-from conftest import ROOT, start_socat
+from conftest import ROOT, start_socat, wait_for
 from contract import ContractError
 from dashboard.fleet import Fleet
 
@@ -38,15 +38,6 @@ def summary(proc) -> dict:
     lines = [ln for ln in err.splitlines() if ln.startswith('{"summary"')]
     assert proc.returncode == 0 and lines, err[-2000:]
     return json.loads(lines[-1])["summary"]
-
-
-def wait_for(cond, timeout=20.0, what="the condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def wait_for_line(stream, text, timeout):
