@@ -1,5 +1,6 @@
 """A fleet over MQTT, measured in one run against a real local Mosquitto.
-Rerun: .venv/bin/python bench/fleet_bench.py [BUNDLE] [--devices 20] [--seconds 60] [--rate 10] [--flood]
+Rerun: .venv/bin/python bench/fleet_bench.py [BUNDLE] [--devices 20] [--seconds 60] [--rate 10]
+       [--flood [--forge] [--broker-limit]]
 
 1. N device processes (replaying the bundle's test set) at RATE Hz publish to one broker for the
    given time; the monitor's own Subscriber receives everything. Printed: end-to-end latency from
@@ -12,10 +13,12 @@ Rerun: .venv/bin/python bench/fleet_bench.py [BUNDLE] [--devices 20] [--seconds 
 
 With --flood (instead of 1 and 2): the monitor CLI itself (``python -m monitor ... --http``) under a
 hostile publisher at --flood-rate messages/s (default 5,000) beside the N honest devices, for the
-given time: new device ids (valid hellos and garbage), non-JSON, 10 MB payloads, nesting 100,000
-deep. Printed: honest predictions lost (reported by the devices against the monitor's final
-summary), the monitor's RSS growth (VmRSS from /proc, sampled every 0.5 s), and ``GET /state``'s
-time and size, worst over the run.
+given time: new device ids (refused records and garbage; with --forge, valid hellos that only an
+ACL keeps out), non-JSON, 10 MB payloads, nesting 100,000 deep. Printed: honest predictions lost
+(reported by the devices against the monitor's final summary), the monitor's RSS growth (VmRSS
+from /proc, sampled every 0.5 s), and ``GET /state``'s time (median and worst) and size. With
+--broker-limit the broker runs with the README's ``max_packet_size`` (what monitor.broker config
+prints), so a 10 MB payload never reaches the monitor.
 """
 
 from __future__ import annotations
@@ -135,8 +138,11 @@ def throughput_phase(bundle: Path, broker: Mosquitto, tmp: Path, seconds: float 
           f"(drops {pty['drops']}), MQTT/serial = {da / db:.2f}")
 
 
-def flooder(url_port: int, rate: float, seconds: float, stop: threading.Event) -> dict:
-    """Publish hostile messages at ``rate`` per second under bench/+ (QoS 0, as an attacker would); counts."""
+def flooder(url_port: int, rate: float, seconds: float, stop: threading.Event, forge: bool) -> dict:
+    """Publish hostile messages at ``rate`` per second under bench/+ (QoS 0, as an attacker would); counts.
+
+    With ``forge`` four in ten are valid hellos under invented ids (what only a broker's ACL keeps
+    out); without, those are records the gate refuses (a hello whose labels are not a list)."""
     import paho.mqtt.client as paho
 
     c = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2)
@@ -145,8 +151,9 @@ def flooder(url_port: int, rate: float, seconds: float, stop: threading.Event) -
     rng = np.random.default_rng(0)
     deep = b'{"type":"hello","labels":["a"],"input":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     big = b"{" + b" " * (10 << 20) + b"}"
-    hello = json.dumps({"type": "hello", "labels": ["x"] * 10, "period": 0.1}).encode()
-    sent = {"new_id_hello": 0, "new_id_garbage": 0, "non_json": 0, "deep": 0, "10MB": 0}
+    hello = json.dumps({"type": "hello", "labels": ["x"] * 10 if forge else "x" * 10, "period": 0.1}).encode()
+    kind = "new_id_hello" if forge else "new_id_bad_hello"
+    sent = {kind: 0, "new_id_garbage": 0, "non_json": 0, "deep": 0, "10MB": 0}
     start = time.monotonic()
     n = 0
     while not stop.is_set() and time.monotonic() - start < seconds:
@@ -162,7 +169,7 @@ def flooder(url_port: int, rate: float, seconds: float, stop: threading.Event) -
                 sent["deep"] += 1
             elif pick < 400:
                 c.publish(f"bench/fake{n}/hello", hello)
-                sent["new_id_hello"] += 1
+                sent[kind] += 1
             elif pick < 700:
                 c.publish(f"bench/junk{n}/prediction", rng.bytes(60))
                 sent["new_id_garbage"] += 1
@@ -182,7 +189,8 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def flood_phase(bundle: Path, broker: Mosquitto, n: int, seconds: float, rate: float, flood: float) -> None:
+def flood_phase(bundle: Path, broker: Mosquitto, n: int, seconds: float, rate: float, flood: float,
+                forge: bool) -> None:
     import socket
     import urllib.request
 
@@ -204,13 +212,13 @@ def flood_phase(bundle: Path, broker: Mosquitto, n: int, seconds: float, rate: f
     procs = [device(bundle, f"{broker.url}/bench?device=dev{i:02d}", 1 / rate, seconds) for i in range(n)]
     stop = threading.Event()
     counts: dict = {}
-    attacker = threading.Thread(target=lambda: counts.update(flooder(broker.port, flood, seconds, stop)))
+    attacker = threading.Thread(target=lambda: counts.update(flooder(broker.port, flood, seconds, stop, forge)))
     attacker.start()
-    worst_ms = worst_bytes = rss_max = 0
+    times_ms, worst_bytes, rss_max = [], 0, 0
     while any(p.poll() is None for p in procs):
         t0 = time.perf_counter()
         body = urllib.request.urlopen(f"http://127.0.0.1:{http}/state", timeout=10).read()
-        worst_ms = max(worst_ms, (time.perf_counter() - t0) * 1e3)
+        times_ms.append((time.perf_counter() - t0) * 1e3)
         worst_bytes = max(worst_bytes, len(body))
         rss_max = max(rss_max, rss_kb(mon.pid))
         time.sleep(0.5)
@@ -223,15 +231,17 @@ def flood_phase(bundle: Path, broker: Mosquitto, n: int, seconds: float, rate: f
     final = json.loads(out)
     honest = {k: v for k, v in final["devices"].items() if k in reported}
     lost = sum(reported[k]["predictions"] - honest.get(k, {}).get("predictions", 0) for k in reported)
-    print(f"flood: {n} honest devices at {rate:g} Hz beside {flood:g} hostile messages/s for {seconds:g} s "
+    print(f"flood{' with forged hellos' if forge else ''}: {n} honest devices at {rate:g} Hz beside {flood:g} "
+          f"hostile messages/s for {seconds:g} s "
           f"(one Mosquitto on 127.0.0.1, 2 cores shared; sent {sum(counts.values())}: {counts})")
     print(f"  honest predictions: devices reported {sum(r['predictions'] for r in reported.values())}, lost {lost}; "
           f"monitor exit {mon.returncode}")
     print(f"  cards {len(final['devices'])} (at most 256), overflow {final.get('overflow', 0)}, "
-          f"foreign {final['foreign']}")
+          f"evicted {final.get('evicted', 0)}, foreign {final['foreign']}")
     print(f"  monitor RSS: {rss0 / 1024:.1f} MB before, {rss_max / 1024:.1f} MB at most, growth "
           f"{(rss_max - rss0) / 1024:.1f} MB")
-    print(f"  GET /state: worst {worst_ms:.1f} ms, largest {worst_bytes / 1024:.1f} KB")
+    print(f"  GET /state ({len(times_ms)} requests): median {np.median(times_ms):.1f} ms, worst "
+          f"{max(times_ms):.1f} ms, largest {worst_bytes / 1024:.1f} KB")
 
 
 def main() -> None:
@@ -241,11 +251,14 @@ def main() -> None:
         raise SystemExit(f"no bundle with a test set at {bundle}: make demo builds out/digits")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        broker = Mosquitto(tmp / "broker")
+        from monitor.broker import MAX_PACKET
+
+        limit = [f"max_packet_size {MAX_PACKET}", "allow_anonymous true"] if "--broker-limit" in sys.argv else None
+        broker = Mosquitto(tmp / "broker", auth=limit)
         try:
             if "--flood" in sys.argv:
                 flood_phase(bundle, broker, arg("--devices", 20), arg("--seconds", 60.0), arg("--rate", 10.0),
-                            arg("--flood-rate", 5000.0))
+                            arg("--flood-rate", 5000.0), "--forge" in sys.argv)
                 return
             fleet_phase(bundle, broker, arg("--devices", 20), arg("--seconds", 60.0), arg("--rate", 10.0))
             throughput_phase(bundle, broker, tmp)

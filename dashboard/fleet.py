@@ -207,6 +207,7 @@ class Fleet:
         self.devices: dict[str, Monitor] = {}
         self.foreign = 0  # messages on our topics that are not ours (another kind, another program)
         self.overflow = 0  # messages from devices beyond MAX_DEVICES: counted, no card
+        self.evicted = 0  # cards that never classified, gone stale, given to a device that classifies
         self.internal = 0  # faults of ours while taking a message (counted; the stream goes on)
         self.thumbnails: dict[str, bytes] = {}  # device -> its latest frame as a JPEG
         self.thumbnail_count: dict[str, int] = {}
@@ -227,14 +228,25 @@ class Fleet:
         with self.lock:
             self.monitor(device).feed(data)
 
-    def _card(self, device: str) -> Monitor | None:
-        """The device's Monitor if it has a card or may get one now; None (counted) when the fleet is full."""
-        m = self.devices.get(device)
-        if m is None:
-            if len(self.devices) >= MAX_DEVICES:
+    def _card(self, device: str, m: Monitor | None = None, classifies: bool = False) -> Monitor | None:
+        """The device's Monitor if it has a card or may get one now; None (counted) when the fleet is full.
+
+        A device that classifies (a prediction or skip) may take the place of a card that never did and
+        has gone stale: a flood of invented hellos cannot keep real devices out for longer than that.
+        """
+        if device in self.devices:
+            return self.devices[device]
+        if len(self.devices) >= MAX_DEVICES:
+            idle = [(d._heard, name) for name, d in self.devices.items() if d.predictions + d.skips == 0 and d.stale()]
+            if not classifies or not idle:
                 self.overflow += 1
                 return None
-            m = self.devices[device] = self._new()
+            gone = min(idle)[1]
+            del self.devices[gone]
+            self.thumbnails.pop(gone, None)
+            self.thumbnail_count.pop(gone, None)
+            self.evicted += 1
+        m = self.devices[device] = m or self._new()
         return m
 
     def thumbnail(self, device: str, jpeg: bytes) -> None:
@@ -287,10 +299,8 @@ class Fleet:
                             "device is live; someone else may be publishing under its topic (set up the broker's "
                             "ACL, see the README)")
             return
-        if device not in self.devices:
-            if self._card(device) is None:
-                return
-            self.devices[device] = m
+        if device not in self.devices and self._card(device, m, classifies=rec.type in ("prediction", "skip")) is None:
+            return
         if rec.type == "hello":
             m.decoder.labels = list(rec.labels)
         m.take(rec)
@@ -301,7 +311,8 @@ class Fleet:
 
     def snapshot(self) -> dict:
         with self.lock:
-            return {"t": time.time(), "foreign": self.foreign, "overflow": self.overflow, "internal": self.internal,
+            return {"t": time.time(), "foreign": self.foreign, "overflow": self.overflow, "evicted": self.evicted,
+                    "internal": self.internal,
                     "devices": {name: {**m.state(), "thumbnail": self.thumbnail_count.get(name, 0)}
                                 for name, m in sorted(self.devices.items())}}
 
@@ -309,7 +320,7 @@ class Fleet:
         with self.lock:
             out = {"devices": {name: m.summary() for name, m in sorted(self.devices.items())},
                    "foreign": self.foreign}
-            for key in ("overflow", "internal"):
+            for key in ("overflow", "evicted", "internal"):
                 if getattr(self, key):
                     out[key] = getattr(self, key)
             return out

@@ -9,7 +9,7 @@
 read ``PREFIX/#`` and to publish nothing. Both write OUT (mode 600: the user name, then the
 password), which the device takes as ``--mqtt-credentials OUT`` in deploy.sh or ``credentials=OUT``
 in its URL, and the monitor as ``credentials=OUT``. ``config`` prints the mosquitto.conf lines that
-use the two files. Entries for other users are kept; the same user again is replaced (a new
+use the two files and bound a packet's size. Entries for other users are kept; the same user again is replaced (a new
 password). Hashes are Mosquitto 2's own (PBKDF2-SHA512, ``$7$``), so ``mosquitto_passwd`` is not needed.
 """
 
@@ -25,8 +25,10 @@ from pathlib import Path
 from contract.atomic import write_bytes
 from contract.cli import run_cli
 from contract.errors import UsageError
+from contract.protocol import MAX_MESSAGE, THUMBNAIL_MAX_BYTES
 
 ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
+MAX_PACKET = max(MAX_MESSAGE, THUMBNAIL_MAX_BYTES) + 4096  # bytes: a message at its bound, with topic and header
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a user name that is also one MQTT topic level
 PREFIX = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 
@@ -86,7 +88,8 @@ def add_user(passwd: Path, acl: Path, prefix: str, name: str, role: str, credent
 
 def config_lines(passwd: Path, acl: Path, port: int) -> list[str]:
     return [f"listener {port}", "allow_anonymous false", f"password_file {passwd.resolve()}",
-            f"acl_file {acl.resolve()}"]
+            f"acl_file {acl.resolve()}",
+            f"max_packet_size {MAX_PACKET}"]  # larger than any message of ours: refused at the broker
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -312,3 +312,19 @@ def test_the_limits_are_in_the_help():
                        cwd=ROOT)
     text = " ".join(r.stdout.split())
     assert r.returncode == 0 and f"{MAX_DEVICES} devices per fleet" in text and "256 KiB" in text
+
+
+def test_invented_hellos_keep_a_real_device_out_only_until_they_go_stale():
+    fleet = Fleet()
+    hello = b'{"type":"hello","labels":["a","b"],"period":0.1}'
+    for i in range(MAX_DEVICES):
+        fleet.message(f"fake{i}", "hello", hello)
+    real = b'{"type":"prediction","seq":0,"t":1.0,"label":"a","score":0.9,"topk":[["a",0.9]],"ms":{}}'
+    fleet.message("real", "prediction", real)
+    assert "real" not in fleet.devices and fleet.overflow == 1  # the fakes are fresh
+    for m in fleet.devices.values():
+        m._heard -= STALE_MIN_S + 1  # silent since
+    fleet.message("another-fake", "hello", hello)  # a hello does not evict
+    fleet.message("real", "prediction", real)  # a device that classifies does
+    assert "real" in fleet.devices and "another-fake" not in fleet.devices
+    assert len(fleet.devices) == MAX_DEVICES and fleet.evicted == 1 and fleet.devices["real"].predictions == 1
