@@ -89,12 +89,14 @@ class Classifier:
 
 def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
         stop: threading.Event | None = None, hello: bytes = b"", on_status=None, watchdog=None,
-        on_frame=None) -> Stats:
+        on_frame=None, capture=None) -> Stats:
     """Classify frames from ``source`` until it ends, ``stop`` is set, or a limit is reached.
 
     ``hello`` goes out before every status message, so a receiver that joined late
     (or whose port open flushed the reconnect hello) still learns the labels. ``on_frame``
     gets a raw frame every ``cfg.thumbnail_every`` seconds (the dashboard's thumbnail).
+    ``capture`` (device/capture.py) is offered every frame with its prediction, after the frame's
+    stages, so its cost is in none of the latency figures; its counters go out with every status.
     """
     stop = stop or threading.Event()
     classify = Classifier(model, encoder.labels, cfg)
@@ -112,6 +114,8 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
         msg = stats.status(sink, period)
         if counters:
             msg.update(counters())
+        if capture:
+            msg.update(capture.counters())
         if on_status:
             on_status(msg)
         return Status.from_dict(msg)
@@ -183,6 +187,8 @@ def run(model: Model, pre: Preprocessor, source, sink, encoder, cfg: RunConfig,
         stats.total_ms.append((t5 - t0) * 1e3)
         if period > 0 and t5 - t0 > period:
             stats.misses += 1
+        if capture:  # after the frame's own stages, as the thumbnail below
+            capture.offer(frame.data, pred)
         if t5 >= next_frame_tap:  # after the frame's own stages, so it is in none of them
             on_frame(frame.data)
             next_frame_tap = clock() + cfg.thumbnail_every

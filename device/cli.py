@@ -17,6 +17,7 @@ from contract.protocol import FORMATS, MAX_PERIOD_S, MAX_SCORE, Encoder, Hello
 from contract.runtime import open_bundle
 
 from . import DeviceError, app, thumbnail
+from .capture import Capture
 from .notify import Notifier
 from .sinks import open_sinks
 from .sources import open_source
@@ -50,6 +51,14 @@ def parser(cls=argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--thumbnail-every", type=float, default=0.0, metavar="S",
                    help="image models: a small JPEG of the latest frame every S seconds, to MQTT (retained "
                         "PREFIX/ID/thumbnail) and --dashboard (needs Pillow; default 0: none)")
+    p.add_argument("--capture-dir", type=Path, metavar="DIR",
+                   help="keep frames the model doubts (and every Nth) here, in a format build_model reads")
+    p.add_argument("--capture-below", type=float, default=0.6, metavar="SCORE",
+                   help="with --capture-dir: keep frames whose top score is below this (default 0.6)")
+    p.add_argument("--capture-every", type=int, default=0, metavar="N",
+                   help="with --capture-dir: also keep every Nth frame, an unbiased sample (default 0: none)")
+    p.add_argument("--capture-max-mb", type=float, default=100.0, metavar="MB",
+                   help="with --capture-dir: the folder's bound; the oldest captures go (default 100)")
     p.add_argument("--dashboard", metavar="HOST:PORT",
                    help="serve the live dashboard from this device, e.g. 127.0.0.1:8080 (its own predictions); "
                         "any address but loopback needs --dashboard-token")
@@ -107,6 +116,12 @@ def check_args(args) -> None:
         raise DeviceError(f"--baud must be 1 to {MAX_BAUD}")
     within("thumbnail-every", args.thumbnail_every, 0.0, MAX_PERIOD_S)
     period("thumbnail-every", args.thumbnail_every)
+    if args.capture_dir is None and (args.capture_every or args.capture_below != 0.6 or args.capture_max_mb != 100.0):
+        raise DeviceError("--capture-below, --capture-every and --capture-max-mb are for --capture-dir DIR")
+    within("capture-below", args.capture_below, -MAX_SCORE, MAX_SCORE)
+    within("capture-max-mb", args.capture_max_mb, 0.0, 1e6, low_open=True)
+    if args.capture_every < 0:
+        raise DeviceError("--capture-every must be 0 (none) or more")
 
 
 def dashboard_options(args) -> dict:
@@ -179,19 +194,24 @@ def serve(args) -> int:
                             thumbnail_every=args.thumbnail_every)
         on_frame = _thumbnails(sink) if args.thumbnail_every > 0 else None
         printer = None if args.quiet_status else (lambda msg: print(status_line(msg), flush=True))
+        capture = (Capture(args.capture_dir, args.capture_below, args.capture_every,
+                           int(args.capture_max_mb * 1e6)) if args.capture_dir else None)
         notifier = Notifier()
         notifier.ready()
         try:
             stats = app.run(model, pre, source, sink, encoder, cfg, stop, hello=hello, on_status=printer,
-                            watchdog=notifier, on_frame=on_frame)
+                            watchdog=notifier, on_frame=on_frame, capture=capture)
         finally:
             notifier.stopping()
             notifier.close()
+            if capture:
+                capture.close()
         sink.flush(2.0)
         closed, sink = sink, None
         closed.close()  # before the summary: what a queue file could not keep is counted in it as drops
         print(summary_text(stats, closed), file=sys.stderr)
-        print(json.dumps({"summary": stats.status(closed, args.period)}), file=sys.stderr)
+        summary = {**stats.status(closed, args.period), **(capture.counters() if capture else {})}
+        print(json.dumps({"summary": summary}), file=sys.stderr)
         return 130 if interrupted else 0
     finally:
         if sink is not None:
