@@ -9,6 +9,7 @@ ever sent what is not ours never becomes one.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -18,6 +19,7 @@ from contract.protocol import (MAX_LABELS, MAX_MESSAGE, Decoder, Hello, Predicti
                                looks_like_jpeg)
 
 RECENT = 24  # predictions kept for the dashboard's strip
+MINUTE = 60  # seconds of per-second means (top score, latency) for the card's plot
 LATENCY_WINDOW = 4096  # whole-frame latencies kept for p50/p99: the latest ones
 STAGE_WINDOW = 1024  # per-stage latencies kept for p50/p99
 MAX_STAGES = 8  # stage names followed per device (the device sends four)
@@ -70,6 +72,7 @@ class Monitor:
         self.latency = Ring(LATENCY_WINDOW)
         self.stage_ms: dict[str, Ring] = {}
         self.recent: list[dict] = []
+        self.minute: collections.deque = collections.deque(maxlen=MINUTE)  # [second, score sum, ms sum, n]
         self.duplicates = 0  # a message delivered twice (QoS 1 after a reconnect)
         self.hello: Hello | None = None
         self.hellos_refused = 0  # a hello changing labels or model while the device is live
@@ -131,7 +134,15 @@ class Monitor:
             self.predictions += 1
             if m.label in self.counts or len(self.counts) < MAX_LABELS + 1:  # the labels and "unknown"
                 self.counts[m.label] = self.counts.get(m.label, 0) + 1
-            self.latency.append(sum(m.ms.values()))
+            total = sum(m.ms.values())
+            self.latency.append(total)
+            second = int(self._heard)
+            if not self.minute or self.minute[-1][0] != second:
+                self.minute.append([second, 0.0, 0.0, 0])
+            slot = self.minute[-1]
+            slot[1] += m.score
+            slot[2] += total
+            slot[3] += 1
             if m.truth is not None:
                 self.labelled += 1
                 labels = self.decoder.labels
@@ -166,6 +177,12 @@ class Monitor:
                     f"--format {other}")
         return None
 
+    def _minute(self) -> list:
+        """[seconds ago, mean top score, mean latency ms] for each second of the last minute with predictions."""
+        now = int(time.monotonic())
+        return [[now - sec, round(score / n, 4), round(ms / n, 4)] for sec, score, ms, n in self.minute
+                if now - sec < MINUTE]
+
     def summary(self) -> dict:
         out = {"predictions": self.predictions, "skips": self.skips, "gaps": self.gaps, "errors": self.errors,
                "restarts": self.restarts, "duplicates": self.duplicates, "latency_ms": _percentiles(self.latency)}
@@ -188,8 +205,8 @@ class Monitor:
         last = self.last
         return {**self.summary(), "label": last and last.label, "score": last and last.score,
                 "seq": last and last.seq, "topk": last.topk[:SHOWN_TOPK] if last else [],
-                "recent": list(self.recent), "stages_ms": stages, "period": self.period, "labelled": self.labelled,
-                "last_seen": self.last_seen, "stale": self.stale(),
+                "recent": list(self.recent), "minute": self._minute(), "stages_ms": stages, "period": self.period,
+                "labelled": self.labelled, "last_seen": self.last_seen, "stale": self.stale(),
                 "model_sha256": self.hello.model_sha256 if self.hello else None}
 
 

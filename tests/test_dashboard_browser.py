@@ -93,6 +93,12 @@ def test_the_dashboard_updates_live_in_headless_chromium(digits_bundle, tmp_path
         stages = texts(".card .latency td:first-child")
         assert {"capture", "preprocess", "invoke", "postprocess", "total"} <= set(stages)
         assert "accuracy" in text(".card .counters")  # frames carry the truth
+        points = browser.execute_script("return document.querySelector('.card .minute .score')"
+                                        ".getAttribute('points');")
+        assert points and len(points.split()) >= 2  # the last minute's top score, one point a second
+        # a device that sends no thumbnail shows none (the page once showed a broken-image placeholder)
+        assert browser.execute_script("return getComputedStyle(document.querySelector('.card .thumb')).display;") \
+            == "none"
         shot = tmp_path / "dashboard.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 5000

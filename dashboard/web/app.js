@@ -3,6 +3,7 @@
 "use strict";
 
 const cards = new Map();
+const SVG = "http://www.w3.org/2000/svg";
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -22,7 +23,19 @@ function card(name) {
   const thumb = el("img", "thumb");
   thumb.alt = "latest frame of " + name;
   thumb.hidden = true;
-  c.append(h, thumb, now, el("div", "bars"), el("div", "strip"), el("table", "latency"), el("div", "counters"));
+  const plot = document.createElementNS(SVG, "svg");
+  plot.setAttribute("class", "minute");
+  plot.setAttribute("viewBox", "0 0 60 20");
+  plot.setAttribute("preserveAspectRatio", "none");
+  for (const kind of ["score", "ms"]) {
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("class", kind);
+    plot.append(line);
+  }
+  const title = document.createElementNS(SVG, "title");
+  title.textContent = "the last minute: top score (0 to 1) and latency (to its highest)";
+  plot.append(title);
+  c.append(h, thumb, now, el("div", "bars"), el("div", "strip"), plot, el("table", "latency"), el("div", "counters"));
   document.getElementById("devices").append(c);
   cards.set(name, c);
   return c;
@@ -65,6 +78,13 @@ function draw(name, d) {
     s.title = "seq " + p.seq + ", score " + fmt(p.score, 3);
     return s;
   }));
+
+  // the last minute, newest on the right: top score on 0..1, latency scaled to its highest
+  const minute = d.minute || [];
+  const top = Math.max(...minute.map((m) => m[2]), 1e-9);
+  const points = (scale) => minute.map((m) => (60 - m[0]) + "," + (20 - 20 * scale(m)).toFixed(2)).join(" ");
+  c.querySelector(".minute .score").setAttribute("points", points((m) => Math.max(0, Math.min(1, m[1]))));
+  c.querySelector(".minute .ms").setAttribute("points", points((m) => m[2] / top));
 
   const table = c.querySelector(".latency");
   const head = el("tr");
