@@ -29,9 +29,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"architecture (default: {DEFAULT['sensor']} for sensors, {DEFAULT['image']} for images)")
     p.add_argument("--width", type=float, help="the arch's width multiplier (default 1; mobilenet 0.25)")
     p.add_argument("--model", dest="model_path", help="your own Keras model (.keras, .h5, SavedModel folder)")
-    p.add_argument("--epochs", type=int, default=300,
+    p.add_argument("--epochs", type=int,
                    help="maximum training epochs; early stopping on the validation loss ends sooner and restores "
-                        "the best epoch (0: use --model as is; default 300)")
+                        "the best epoch (0: use --model as is; default 300, or 1000 for a set too small to spare a "
+                        "validation split, where the best training loss is kept)")
     p.add_argument("--patience", type=int, default=50,
                    help="epochs without a better validation loss before stopping (default 50)")
     p.add_argument("--fine-tune-epochs", type=int, default=30,

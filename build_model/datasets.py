@@ -28,6 +28,7 @@ from . import BuildError, UsageError
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
 VAL_OF_TRAIN = 0.2  # validation carved from an official training split
+MIN_VALIDATION = 10  # recordings; a smaller carve is no validation split at all (the training loss selects)
 LENGTH_MODES = ("resample", "pad")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -50,6 +51,11 @@ class Dataset:
     test: Split
     preprocess: Preprocess
     official_split: bool = False  # test is the dataset's own test split
+    no_validation: str | None = None  # why there is no validation split (then the training loss selects)
+
+    def validation_data(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(normalised x, y) of the validation split, or None when there is none."""
+        return (self.normalise(self.val.x), self.val.y) if len(self.val.y) else None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -179,15 +185,19 @@ def _sensor_official(name, labels, x_train, y_train, x_test, y_test, seed, windo
     if len(y_test) == 0:
         raise BuildError(f"{name}: the test split holds no samples")
     val_i, train_i = _stratified_indices(y_train, (VAL_OF_TRAIN,), seed)
-    if len(val_i) == 0:
-        raise BuildError(f"{name}: the training split is too small to carve a validation split from it")
+    no_validation = None
+    if len(val_i) < MIN_VALIDATION:  # a handful of recordings cannot judge an epoch, and training needs them all
+        no_validation = (f"{len(y_train)} training recordings, too few to spare a validation split of at least "
+                         f"{MIN_VALIDATION}: the training loss chose the epoch and the learning rate, as the published "
+                         "FCN/ResNet protocol does (Ismail Fawaz et al., 2019)")
+        val_i, train_i = val_i[:0], np.arange(len(y_train))
     window = window or x_train.shape[1]
     test_ids = np.arange(len(y_test)) + len(y_train)
     train = _windows("train", x_train[train_i], y_train[train_i], train_i, window, stride)
     val = _windows("val", x_train[val_i], y_train[val_i], val_i, window, stride)
     test = _windows("test", x_test, y_test, test_ids, window, stride)
     return Dataset(name, "sensor", tuple(labels), train, val, test, _sensor_preprocess(train.x, length_mode),
-                   official_split=True)
+                   official_split=True, no_validation=no_validation)
 
 
 def fix_length(recordings, steps: int, mode: str) -> np.ndarray:

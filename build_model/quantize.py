@@ -86,7 +86,7 @@ def int16x8(model, ctx: Context) -> bytes:
 def _fine_tune(model, ctx: Context, callbacks=()) -> None:
     """Fine-tune from the trained weights: the same early stopping, at a tenth of the learning rate."""
     ds = ctx.ds
-    fit(model, ds.normalise(ds.train.x), ds.train.y, (ds.normalise(ds.val.x), ds.val.y), ctx.fine_tune,
+    fit(model, ds.normalise(ds.train.x), ds.train.y, ds.validation_data(), ctx.fine_tune,
         kind=ds.kind, classes=len(ds.labels), callbacks=callbacks)
 
 

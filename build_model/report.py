@@ -58,7 +58,7 @@ def diagnose(ds: Dataset, results: dict[str, Evaluation], chosen: str, history=N
         if train_acc - train_major < NEAR_BASELINE:
             d.warnings.append(f"underfitting: {train_acc * 100:.1f}% on its own training data at the best epoch "
                               f"({b + 1}); try another --arch, more --epochs or a higher --patience")
-        elif train_acc - val_acc > OVERFIT_GAP:
+        elif np.isfinite(val_acc) and train_acc - val_acc > OVERFIT_GAP:  # NaN: no validation split
             d.warnings.append(f"overfitting: {train_acc * 100:.1f}% on training but {val_acc * 100:.1f}% on validation "
                               f"at the best epoch ({b + 1}); try --augment, a smaller --width or more data")
         if not history.stopped_early and b >= history.epochs_run - 2:
@@ -121,9 +121,11 @@ def markdown(results: dict[str, Evaluation], ds: Dataset, chosen: str, diagnosis
         [(k, f"{v * 100:.1f}%", str(int(np.sum(ds.test.y == ds.labels.index(k)))))
          for k, v in diagnosis.recall.items()]))
     if history is not None and history.epochs_run:
-        text.append(f"## Training\n\n{history.epochs_run} epochs, best validation loss at epoch "
+        chose = "validation" if len(ds.val.y) else "training"
+        why = f"\n\nNo validation split: {ds.no_validation}." if ds.no_validation else ""
+        text.append(f"## Training\n\n{history.epochs_run} epochs, best {chose} loss at epoch "
                     f"{history.best_epoch + 1} (its weights are the model's)"
-                    f"{', stopped early' if history.stopped_early else ''}.\n\n![training curves](training.png)\n")
+                    f"{', stopped early' if history.stopped_early else ''}.{why}\n\n![training curves](training.png)\n")
     if layers:
         from .debug import ROUNDING_RMSE, worst
 
@@ -142,7 +144,8 @@ def to_json(results: dict[str, Evaluation], ds: Dataset, chosen: str, diagnosis:
     if diagnosis:
         out.update(diagnosis.to_dict())
     if history is not None:
-        out["training"] = history.to_dict()
+        out["training"] = {**history.to_dict(), "selected_by": "val_loss" if len(ds.val.y) else "loss",
+                           **({"no_validation": ds.no_validation} if ds.no_validation else {})}
     if layers:
         out["layer_errors"] = [e.to_dict() for e in layers]
     return json.dumps(out, indent=2) + "\n"

@@ -76,14 +76,17 @@ def class_weights(y: np.ndarray, classes: int) -> dict[int, float]:
 
 
 class BestWeights(keras.callbacks.Callback):
-    """Early stopping on ``val_loss`` that always ends holding the best epoch's weights.
+    """Early stopping on ``val_loss`` (or ``loss`` with no validation split) that always ends holding the best
+    epoch's weights.
 
     Keras' own EarlyStopping restores them only when it stops training itself, not
     when the epoch limit comes first; this one restores them in both cases.
     """
 
-    def __init__(self, patience: int, history: History, min_epochs: int = 0, restore: bool = True):
+    def __init__(self, patience: int, history: History, min_epochs: int = 0, restore: bool = True,
+                 monitor: str = "val_loss"):
         super().__init__()
+        self.monitor = monitor
         self.restore = restore
         self.patience = patience
         self.min_epochs = min_epochs
@@ -98,7 +101,7 @@ class BestWeights(keras.callbacks.Callback):
         for key, values in (("loss", h.loss), ("val_loss", h.val_loss), ("accuracy", h.accuracy),
                             ("val_accuracy", h.val_accuracy)):
             values.append(float(logs.get(key, np.nan)))
-        current = logs.get("val_loss", np.inf)
+        current = logs.get(self.monitor, np.inf)
         if np.isfinite(current) and current < self.best:
             self.best, self.wait, h.best_epoch = current, 0, epoch
             self.best_weights = self.model.get_weights()
@@ -185,21 +188,27 @@ def compile_for_training(model, learning_rate: float) -> None:
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
 
 
-def fit(model, x: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray], cfg: TrainConfig,
+def fit(model, x: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None, cfg: TrainConfig,
         kind: str = "sensor", classes: int | None = None, callbacks=()) -> History:
-    """Train ``model`` on normalised ``x``; ``val`` is (x, y). Returns the history; the model holds the best epoch."""
+    """Train ``model`` on normalised ``x``; ``val`` is (x, y), or None: then the training loss chooses the epoch
+    and drives the learning rate (the FCN/ResNet protocol). Returns the history; the model holds the best epoch."""
     history = History()
     if cfg.epochs <= 0:
         return history
     compile_for_training(model, cfg.learning_rate)
     batch = cfg.batch_size or batch_size_for(len(y))
-    classes = classes or int(max(y.max(), val[1].max())) + 1
+    classes = classes or int(max(y.max(), val[1].max() if val else 0)) + 1
     data = Augmented(x, y, batch, kind, cfg.seed) if cfg.augment else x
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(cfg.patience // 2, 3),
-                                                min_lr=cfg.learning_rate / 64, verbose=0)
+    if val is not None:
+        watch, patience = "val_loss", cfg.patience
+        plateau = keras.callbacks.ReduceLROnPlateau(monitor=watch, factor=0.5, patience=max(cfg.patience // 2, 3),
+                                                    min_lr=cfg.learning_rate / 64, verbose=0)
+    else:  # the published FCN/ResNet protocol: the training loss drives the rate; nothing can stop early
+        watch, patience = "loss", cfg.epochs
+        plateau = keras.callbacks.ReduceLROnPlateau(monitor=watch, factor=0.5, patience=50, min_lr=1e-4, verbose=0)
     model.fit(data, y if not cfg.augment else None, validation_data=val, epochs=cfg.epochs,
               batch_size=None if cfg.augment else batch, shuffle=True, verbose=0,
               class_weight=class_weights(y, classes) if cfg.class_weight else None,
-              callbacks=[BestWeights(cfg.patience, history, cfg.min_epochs, cfg.restore_best), plateau,
+              callbacks=[BestWeights(patience, history, cfg.min_epochs, cfg.restore_best, watch), plateau,
                          *([] if cfg.quiet else [EpochLog()]), *callbacks])
     return history
