@@ -113,6 +113,8 @@ bench: venv system-deps bench-ucr
 	$(BIN)/python -m build_model --dataset digits --out $(OUT)/digits --force -q
 	$(BIN)/python bench/firmware_bench.py $(OUT)/digits
 	$(BIN)/python bench/device_bench.py $(OUT)/digits
+	$(BIN)/python bench/dashboard_bench.py $(OUT)/digits
+	$(BIN)/python bench/capture_bench.py $(OUT)/digits
 
 # Every sensor --arch on the UCR/UEA sets aeon ships, against published FCN/ResNet: the default arch
 # as the mean of three seeds (about 11 min), the others one seed each (about 7 min).
