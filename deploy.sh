@@ -131,7 +131,7 @@ app_service() {
 check_app() {
   [[ -n $MODEL ]] || die "--model BUNDLE_DIR is required (build one with: python -m build_model --out DIR)"
   device_args
-  app_service check -- "${DEVICE_ARGS[@]}" --model "$MODEL" || exit 1
+  app_service check ${DASHBOARD_TOKEN:+--token-file "$DASHBOARD_TOKEN"} -- "${DEVICE_ARGS[@]}" --model "$MODEL" || exit 1
 }
 
 # ---- ssh ---------------------------------------------------------------------

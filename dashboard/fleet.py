@@ -28,6 +28,7 @@ SHOWN_TOPK = 10  # top-k entries of the latest prediction in the dashboard's sta
 MAX_DEVICES = 256  # cards in a fleet; messages from further devices are counted (``overflow``), no card
 MAX_DEVICE_BYTES = 64  # of a device id (its MQTT topic level)
 STALE_PERIODS, STALE_MIN_S = 10, 5.0  # silent for this many periods (at least this long): stale, not online
+STALE_MAX_S = 600.0  # ... and at most this long, whatever period a hello claims (a device's status comes sooner)
 KINDS = ("hello", "prediction", "status")  # the JSON topics of a device; PREFIX/ID/thumbnail carries a JPEG
 
 
@@ -93,11 +94,11 @@ class Monitor:
         return [m for m in self.decoder.feed(data) if self.take(m)]
 
     def stale(self, now: float | None = None) -> bool:
-        """Silent for STALE_PERIODS periods (at least STALE_MIN_S seconds) after being heard."""
+        """Silent for STALE_PERIODS periods (at least STALE_MIN_S, at most STALE_MAX_S seconds) after being heard."""
         if self._heard is None:
             return False
         now = time.monotonic() if now is None else now
-        return now - self._heard > max(STALE_MIN_S, STALE_PERIODS * self.period)
+        return now - self._heard > min(max(STALE_MIN_S, STALE_PERIODS * self.period), STALE_MAX_S)
 
     def live(self) -> bool:
         """Heard lately and not said offline: a hello that changes the labels now is not the device's."""
@@ -272,8 +273,10 @@ class Fleet:
             if not looks_like_jpeg(jpeg) or not _device_id(device):
                 self.foreign += 1
                 return
-            if self._card(device) is None:
+            m = self._card(device)
+            if m is None:
                 return
+            m.last_seen, m._heard = time.time(), time.monotonic()  # heard, so it can go stale like any card
             self.thumbnails[device] = jpeg
             self.thumbnail_count[device] = self.thumbnail_count.get(device, 0) + 1
 

@@ -26,12 +26,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from . import DashboardError
 
 PUSH_S = 0.25  # how often a stream sends the fleet
 MAX_CLIENTS = 32  # connections served at once; more get 503 at once, without a thread of their own
+MAX_PER_CLIENT = 16  # of them from one address, so one client cannot take every slot
 REQUEST_TIMEOUT_S = 10.0  # a client that has not sent its request by then is dropped
 PUSH_TIMEOUT_S = 5.0  # a stream whose client cannot take a push (its buffers full) for this long is dropped
 STREAM_SNDBUF = 64 * 1024  # bytes a stalled stream can hold on our side before a push blocks
@@ -112,6 +113,7 @@ class _Server(ThreadingHTTPServer):
         self.turned_away = 0
         self.clients = 0  # connections being served now
         self._count = threading.Lock()
+        self._per_client: dict[str, int] = {}
         super().__init__(address, handler)
 
     def get_request(self):
@@ -121,7 +123,15 @@ class _Server(ThreadingHTTPServer):
         return sock, addr
 
     def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
+        host = client_address[0]
+        with self._count:
+            crowded = self._per_client.get(host, 0) >= MAX_PER_CLIENT
+            if not crowded:
+                self._per_client[host] = self._per_client.get(host, 0) + 1
+        if crowded or not self._slots.acquire(blocking=False):
+            if not crowded:
+                with self._count:
+                    self._per_client[host] -= 1
             self.turned_away += 1
             if self.tls is None:
                 try:
@@ -142,6 +152,10 @@ class _Server(ThreadingHTTPServer):
         finally:
             with self._count:
                 self.clients -= 1
+                host = client_address[0]
+                self._per_client[host] -= 1
+                if not self._per_client[host]:
+                    del self._per_client[host]
             self._slots.release()
 
 
@@ -209,7 +223,9 @@ class Dashboard:
             name, _, value = part.strip().partition("=")
             if name == COOKIE and hmac.compare_digest(value.encode(), self.token.encode()):
                 return True, False
-        query = parse_qs(urlsplit(handler.path).query).get("token", [""])[0]
+        # unquote, not parse_qs: a '+' in a token is itself, not a space
+        query = next((unquote(v) for k, _, v in (p.partition("=") for p in urlsplit(handler.path).query.split("&"))
+                      if k == "token"), "")
         if query and hmac.compare_digest(query.encode(), self.token.encode()):
             return True, True
         return False, False
@@ -226,16 +242,31 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT_S  # on the socket: a client that sends nothing is dropped
     _cookie = False
 
-    def setup(self):
-        super().setup()
-        if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.do_handshake()  # under the timeout above, in this connection's thread
-
     def handle(self):
+        # the whole request (and a TLS handshake) within REQUEST_TIMEOUT_S, not only each read: a client
+        # that sends a byte now and then cannot keep its slot
+        deadline = threading.Timer(REQUEST_TIMEOUT_S, self._cut)
+        self._deadline = deadline
+        deadline.start()
         try:
+            if isinstance(self.connection, ssl.SSLSocket):
+                self.connection.do_handshake()
             super().handle()
         except (OSError, ssl.SSLError):  # a client gone, stalled past its timeout, or not speaking TLS
             self.close_connection = True
+        finally:
+            deadline.cancel()
+
+    def _cut(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._deadline.cancel()  # the request is in: a stream may last as long as its client reads
+        return ok
 
     def log_message(self, fmt, *args):  # no access log on stderr
         pass

@@ -35,7 +35,7 @@ KEEP = 0.75  # of max_bytes, once the folder has grown past it (so trimming is n
 def _folder_name(label: str) -> str:
     """A label as one folder name: no separator, nothing hidden."""
     name = label.replace("/", "_").replace("\\", "_")
-    return name if name.strip(".") else f"_{name}"
+    return f"_{name}" if name.startswith(".") else name  # a hidden folder is one the images: loader skips
 
 
 def _is_picture(frame: np.ndarray) -> bool:
@@ -77,7 +77,10 @@ class Capture:
                 "capture_failed": self.failed}
 
     def close(self) -> None:
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=10)  # the writer never dies (below), so there is room soon
+        except queue.Full:
+            pass
         self._thread.join(timeout=10)
 
     # --- the writer thread -------------------------------------------------------------------
@@ -89,7 +92,7 @@ class Capture:
                 self.captured += 1
                 if self._size > self.max_bytes:
                     self._trim()
-            except OSError:  # a full disk: counted, and the loop goes on
+            except Exception:  # noqa: BLE001 - a full disk, a frame Pillow cannot take: counted; the writer goes on
                 self.failed += 1
 
     def _write(self, frame: np.ndarray, pred, why: str) -> int:

@@ -243,7 +243,7 @@ class MqttSink:
             lines = [ln for ln in self.queue_file.read_bytes().splitlines() if ln.strip()]
         except OSError as e:
             raise DeviceError(f"cannot read the MQTT queue file {self.queue_file} ({e.strerror})") from None
-        decoder = Decoder("jsonl")  # every line was sealed with its CRC when it was queued
+        decoder = Decoder("jsonl", require_crc=False)  # sealed when queued (an older version's: unsealed)
         for n, line in enumerate(lines, 1):
             try:
                 ours = decoder.decode(line).type in ("prediction", "skip")
@@ -251,9 +251,13 @@ class MqttSink:
                 ours = False
             if not ours:  # never published as is; the service goes on with an empty queue
                 rejected = self.queue_file.with_name(self.queue_file.name + ".rejected")
-                self.queue_file.replace(rejected)
-                self.log(f"mqtt: {self.queue_file} is not a queue of this device's (line {n} is not a sealed "
-                         f"prediction): moved to {rejected}, nothing of it published")
+                try:
+                    self.queue_file.replace(rejected)
+                    where = f"moved to {rejected}"
+                except OSError as e:
+                    where = f"left where it is ({e.strerror})"
+                self.log(f"mqtt: {self.queue_file} is not a queue of this device's (line {n} is not a "
+                         f"prediction): {where}, nothing of it published")
                 return
         for line in lines[-self.limit:]:
             self._pending.append((f"{self.base}/prediction", line))

@@ -46,6 +46,8 @@ MANIFEST_FORMAT = "tinysense-recordings/1"
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")  # a csv field, a folder name, a label on the wire
 SEPARATORS = (b",", b"\t", b";", b" ")
 DETECT_LINES = 20  # good lines read to detect the format and the rate
+DETECT_BAD = 200  # lines that are not numbers before those: the wrong baud rate, or not a sensor
+QUIET_S = 5.0  # no line for this long: the sensor is not sending
 TEST_EVERY = 5  # with --split auto, every fifth recording of a label is a test recording
 SCHEMES = {s.name: s for s in (
     specs.Scheme("serial-sensor", True, {"baud": specs.positive_int}, "serial-sensor:PORT[?baud=N]"),
@@ -167,9 +169,14 @@ class SensorRecorder:
         lines = self.csv.read_bytes().splitlines(keepends=True)
         return lines[1:] if lines and lines[0].startswith(b"label,split") else lines
 
-    def _lines(self, port, stop: threading.Event):
-        """(arrival time, line) as they come; DeviceError when the port goes away."""
-        while not stop.is_set():
+    def _lines(self, port, stop: threading.Event, end: float | None):
+        """(arrival time, line) as they come, until ``stop`` or ``end``; DeviceError when the port goes away
+        or sends nothing for QUIET_S."""
+        heard = time.monotonic()
+        while not stop.is_set() and not (end is not None and time.monotonic() >= end):
+            if time.monotonic() - heard > QUIET_S:
+                raise DeviceError(f"no line from {self.url} for {QUIET_S:g} s: check the sensor, the cable and "
+                                  "?baud=; nothing of this session was kept")
             try:
                 chunk = port.read(max(port.in_waiting, 1))
             except (OSError, ValueError, TypeError) as e:  # SerialException is an OSError
@@ -181,6 +188,7 @@ class SensorRecorder:
             self._buf = bytearray(rest[-4096:])
             for line in lines:
                 if line.strip():
+                    heard = now
                     yield now, line.strip()
 
     def _detect(self, lines) -> tuple[bytes, int, float]:
@@ -191,10 +199,15 @@ class SensorRecorder:
             values = _numbers(line, sep)
             if values is None:
                 self.bad_lines += 1
+                if self.bad_lines > DETECT_BAD:
+                    raise DeviceError(f"{self.bad_lines} lines from {self.url} that are not numbers: check ?baud= "
+                                      "and that the sensor sends one sample of numbers per line")
                 continue
             seen.append((t, sep, len(values)))
             if len(seen) >= DETECT_LINES:
                 break
+        if len(seen) < DETECT_LINES and self.interrupted():
+            raise KeyboardInterrupt  # Ctrl-C before anything was recorded: 130, nothing written
         if len(seen) < DETECT_LINES:
             raise DeviceError(f"fewer than {DETECT_LINES} lines of numbers from {self.url}: is the sensor sending?")
         seps, axes = {s for _, s, _ in seen}, {n for _, _, n in seen}
@@ -213,8 +226,10 @@ class SensorRecorder:
             port = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0.05)
         except (serial.SerialException, ValueError) as e:
             raise DeviceError(f"cannot open the sensor port {self.url} ({e}): check the cable and the path") from None
+        self.interrupted = stop.is_set
         try:
-            lines = self._lines(port, stop)
+            port.reset_input_buffer()  # lines queued before we opened it would fake the rate
+            lines = self._lines(port, stop, end)
             sep, axes, detected = self._detect(lines)
             shown = {b",": "','", b"\t": "tab", b";": "';'", b" ": "space"}[sep]
             print(f"record: {self.url}: {axes} axes separated by {shown} at {detected:.1f} Hz", flush=True)

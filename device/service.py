@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from contract import UsageError, bundle, specs
 from contract.cli import run_cli
 from contract.mqtt import parse as parse_broker
 from contract.runtime import open_bundle
-from dashboard.server import check_access
+from dashboard.server import check_access, read_token
 
 from . import DeviceError
 from .cli import check_args, dashboard_options, parser as device_parser
@@ -54,6 +55,8 @@ def _device_argv(args) -> list[str]:
 
 def check(args) -> int:
     options = device_options(_device_argv(args))
+    if args.token_file is not None:  # what the Pi would refuse at start, refused here before anything changes
+        read_token(args.token_file, "--dashboard-token")
     if args.interpreter:
         open_bundle(options.model, num_threads=1)  # the gate the app opens its bundle with
     else:
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="refuse what the service would refuse at its start")
     c.add_argument("--interpreter", action="store_true", help="the whole bundle gate, with the LiteRT interpreter")
+    c.add_argument("--token-file", type=Path, help="also read this dashboard token file, before it is copied")
     c.add_argument("device", nargs=argparse.REMAINDER, help="-- then the options of python -m device")
     c.set_defaults(run=check)
     u = sub.add_parser("unit", help="print the systemd unit")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import os
 import re
 import secrets
 from pathlib import Path
@@ -82,8 +83,14 @@ def add_user(passwd: Path, acl: Path, prefix: str, name: str, role: str, credent
     pw_lines = _replace_user(_read_lines(passwd), name, [f"{name}:{password_hash(password)}"], passwd=True)
     acl_lines = _replace_user(_read_lines(acl), name, acl_rules(name, prefix, role), passwd=False)
     write_bytes(credentials, f"{name}\n{password}\n".encode(), mode=0o600)
-    write_bytes(passwd, ("\n".join(pw_lines) + "\n").encode(), mode=0o640)  # chgrp mosquitto on a real broker
-    write_bytes(acl, ("\n".join(acl_lines) + "\n").encode(), mode=0o644)
+    for path, data, mode in ((passwd, pw_lines, 0o640), (acl, acl_lines, 0o644)):
+        before = path.stat() if path.exists() else None
+        write_bytes(path, ("\n".join(data) + "\n").encode(), mode=before.st_mode & 0o777 if before else mode)
+        if before is not None:  # the group Mosquitto reads it as (chgrp mosquitto) stays
+            try:
+                os.chown(path, before.st_uid, before.st_gid)
+            except PermissionError:
+                pass
 
 
 def config_lines(passwd: Path, acl: Path, port: int) -> list[str]:

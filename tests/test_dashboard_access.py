@@ -20,7 +20,7 @@ from dashboard import server as srv
 from dashboard.fleet import Fleet
 from dashboard.server import Dashboard
 
-TOKEN = "k7Q-this-is-the-token_0123"
+TOKEN = "k7Q+this-is-the/token_0123="  # '+', '/' and '=' as base64 writes them
 
 
 def token_file(tmp_path, text=TOKEN, mode=0o600) -> Path:
@@ -130,5 +130,21 @@ def test_one_encoding_per_push_for_every_stream(monkeypatch):
         time.sleep(srv.PUSH_S + 0.05)
         board.state_json()
         assert len(calls) == 2
+    finally:
+        board.close()
+
+
+def test_one_client_cannot_take_every_slot(monkeypatch):
+    monkeypatch.setattr(srv, "MAX_PER_CLIENT", 2)
+    board = Dashboard(Fleet(), "127.0.0.1:0", max_clients=8)
+    host, port = board.address.rsplit(":", 1)
+    try:
+        silent = [socket.create_connection((host, int(port))) for _ in range(2)]
+        wait_for(lambda: board.clients == 2, what="2 connections served")
+        assert get(f"http://{board.address}/state")[0] == 503  # the third from the same address
+        for s in silent:
+            s.close()
+        wait_for(lambda: board.clients == 0, what="the silent ones gone")
+        assert get(f"http://{board.address}/state")[0] == 200
     finally:
         board.close()

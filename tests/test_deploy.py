@@ -106,6 +106,9 @@ def test_unit_with_mqtt_serial_and_a_dashboard_keeps_the_secret_out(digits_bundl
     token = tmp_path / "token"
     token.write_text("a-token-nobody-guesses\n")
     token.chmod(0o600)
+    short = tmp_path / "short"  # refused here, before the Pi's running service is touched
+    short.write_text("abc\n")
+    short.chmod(0o600)
     r = sh("unit", "--model", digits_bundle, "--remote-dir", "/srv/ts", "--port", "/dev/serial0", "--port",
            "mqtt://broker.lan/site?device=pi1", "--mqtt-credentials", login, "--dashboard", "0.0.0.0:8080",
            "--dashboard-token", token)
@@ -119,7 +122,8 @@ def test_unit_with_mqtt_serial_and_a_dashboard_keeps_the_secret_out(digits_bundl
                        (["--port", "mqtt://b/x", "--mqtt-credentials", tmp_path / "nope"], "does not exist"),
                        (["--dashboard", "8080"], "HOST:PORT"),
                        (["--dashboard", "0.0.0.0:8080"], "is open to the network: give a token file"),
-                       (["--dashboard-token", token], "--dashboard-token needs --dashboard")]:
+                       (["--dashboard-token", token], "--dashboard-token needs --dashboard"),
+                       (["--dashboard", "0.0.0.0:8080", "--dashboard-token", short], "shorter than 16")]:
         r = sh("unit", "--model", digits_bundle, *bad)
         assert r.returncode == 1 and words in r.stderr, (bad, r.stderr)
 

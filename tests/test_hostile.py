@@ -246,6 +246,9 @@ def test_a_silent_device_is_stale_whatever_its_status_said():
     assert not m.stale() and m.live()
     later = time.monotonic() + max(STALE_MIN_S, 10 * 1.0) + 1
     assert m.stale(later)
+    slow = Monitor("jsonl", LABELS, require_crc=False)  # a hello cannot claim a day's period to stay fresh
+    slow.feed(b'{"type":"hello","labels":["a"],"period":86400}\n')
+    assert not slow.stale(time.monotonic() + 599) and slow.stale(time.monotonic() + 601)
     fleet = Fleet()
     fleet.message("d", "hello", b'{"type":"hello","labels":["a"],"period":1.0}')
     fleet.devices["d"]._heard -= 60  # a minute of silence

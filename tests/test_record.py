@@ -103,6 +103,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
     assert not (tmp_path / "d" / "recordings.csv").exists()
 
 
+def test_a_silent_sensor_is_one_line_not_a_hang(sensor_pty, tmp_path):
+    reader, _ = sensor_pty  # nobody writes
+    r = record("--source", f"serial-sensor:{reader}", "--label", "wave", "--out", tmp_path / "d", "--count", "3")
+    assert r.returncode == 1 and "no line from" in r.stderr and "check the sensor" in r.stderr
+
+
 def test_a_wrong_rate_is_refused_and_counted_and_the_dataset_stays_as_it_was(sensor_pty, tmp_path):
     reader, writer = sensor_pty
     s = Sensor(writer, rate=50)
