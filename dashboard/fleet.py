@@ -231,6 +231,7 @@ class Fleet:
         self.thumbnail_count: dict[str, int] = {}
         self.lock = threading.RLock()
         self.notice = notice
+        self._gate = Decoder("jsonl", require_crc=False)  # an MQTT message of a device without a card yet
 
     def _new(self, require_crc: bool = False) -> Monitor:
         return Monitor(self.fmt, self.labels, require_crc)
@@ -246,7 +247,7 @@ class Fleet:
         with self.lock:
             self.monitor(device).feed(data)
 
-    def _card(self, device: str, m: Monitor | None = None, classifies: bool = False) -> Monitor | None:
+    def _card(self, device: str, classifies: bool = False) -> Monitor | None:
         """The device's Monitor if it has a card or may get one now; None (counted) when the fleet is full.
 
         A device that classifies (a prediction or skip) may take the place of a card that never did and
@@ -264,7 +265,7 @@ class Fleet:
             self.thumbnails.pop(gone, None)
             self.thumbnail_count.pop(gone, None)
             self.evicted += 1
-        m = self.devices[device] = m or self._new()
+        m = self.devices[device] = self._new()
         return m
 
     def thumbnail(self, device: str, jpeg: bytes) -> None:
@@ -300,27 +301,29 @@ class Fleet:
                 or b"\n" in payload.rstrip(b"\n"):
             self.foreign += 1
             return
-        m = self.devices.get(device) or self._new()  # a card only once something of ours arrived
+        m = self.devices.get(device)  # a card (and its state) only once something of ours arrived
         try:
-            rec = m.decoder.decode(payload.rstrip(b"\n"))
+            rec = (m.decoder if m is not None else self._gate).decode(payload.rstrip(b"\n"))
         except ProtocolError as e:
             self.foreign += 1
-            if device in self.devices:
+            if m is not None:
                 m.decoder.count(e.kind)
             return
         if rec.type not in (kind, "skip"):
             self.foreign += 1
             return
-        if isinstance(rec, Hello) and m.live() and (rec.labels, rec.model_sha256) != (m.hello.labels,
-                                                                                     m.hello.model_sha256):
+        if isinstance(rec, Hello) and m is not None and m.live() and \
+                (rec.labels, rec.model_sha256) != (m.hello.labels, m.hello.model_sha256):
             m.hellos_refused += 1
             if m.hellos_refused == 1:
                 self.notice(f"monitor: {device}: refused a hello that changes its labels or model while the "
                             "device is live; someone else may be publishing under its topic (set up the broker's "
                             "ACL, see the README)")
             return
-        if device not in self.devices and self._card(device, m, classifies=rec.type in ("prediction", "skip")) is None:
-            return
+        if m is None:
+            m = self._card(device, classifies=rec.type in ("prediction", "skip"))
+            if m is None:
+                return
         if rec.type == "hello":
             m.decoder.labels = list(rec.labels)
         m.take(rec)

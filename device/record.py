@@ -191,7 +191,7 @@ class SensorRecorder:
                     heard = now
                     yield now, line.strip()
 
-    def _detect(self, lines) -> tuple[bytes, int, float]:
+    def _detect(self, lines, stop: threading.Event) -> tuple[bytes, int, float]:
         """Separator, axes and rate (Hz) from the first DETECT_LINES lines that are numbers."""
         seen = []
         for t, line in lines:
@@ -206,7 +206,7 @@ class SensorRecorder:
             seen.append((t, sep, len(values)))
             if len(seen) >= DETECT_LINES:
                 break
-        if len(seen) < DETECT_LINES and self.interrupted():
+        if len(seen) < DETECT_LINES and stop.is_set():
             raise KeyboardInterrupt  # Ctrl-C before anything was recorded: 130, nothing written
         if len(seen) < DETECT_LINES:
             raise DeviceError(f"fewer than {DETECT_LINES} lines of numbers from {self.url}: is the sensor sending?")
@@ -226,11 +226,10 @@ class SensorRecorder:
             port = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0.05)
         except (serial.SerialException, ValueError) as e:
             raise DeviceError(f"cannot open the sensor port {self.url} ({e}): check the cable and the path") from None
-        self.interrupted = stop.is_set
         try:
             port.reset_input_buffer()  # lines queued before we opened it would fake the rate
             lines = self._lines(port, stop, end)
-            sep, axes, detected = self._detect(lines)
+            sep, axes, detected = self._detect(lines, stop)
             shown = {b",": "','", b"\t": "tab", b";": "';'", b" ": "space"}[sep]
             print(f"record: {self.url}: {axes} axes separated by {shown} at {detected:.1f} Hz", flush=True)
             if args.channels is not None and args.channels != axes:
