@@ -178,8 +178,8 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0:
             logs = logs or {}
-            print(f"  epoch {epoch + 1}: loss {logs.get('loss', 0):.4f} accuracy {logs.get('accuracy', 0):.4f} "
-                  f"val_loss {logs.get('val_loss', 0):.4f} val_accuracy {logs.get('val_accuracy', 0):.4f}",
+            shown = ("loss", "accuracy", "val_loss", "val_accuracy")  # val_*: only with a validation split
+            print(f"  epoch {epoch + 1}: " + " ".join(f"{k} {logs[k]:.4f}" for k in shown if k in logs),
                   file=sys.stderr, flush=True)
 
 

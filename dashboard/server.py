@@ -4,6 +4,13 @@
 the fleet as JSON, ``GET /thumbnail/DEVICE.jpg`` a device's latest frame when it sends one,
 ``GET /events`` the same as server-sent events, pushed four times a second.
 
+With a recorder (``python -m device record --dashboard``) it serves the record view instead:
+``GET /`` the page, ``GET /record/state`` the recorder's JSON, ``GET /record/frame.jpg`` the
+camera's latest frame, ``POST /record/start`` (``{"label": ..., "count": N or null}``) and ``POST
+/record/stop``. A POST must be JSON (``Content-Type: application/json``, which an HTML form on
+another site cannot send without a preflight we never answer) and, when the browser says where it
+comes from, from this page's own origin.
+
 Safe to put on a network: loopback needs nothing, any other address needs a token (a file of mode
 0600, as the MQTT credentials are) that every request carries (``Authorization: Bearer TOKEN``, or
 ``?token=TOKEN`` once, which sets a cookie for the page's own requests); TLS with a certificate
@@ -28,6 +35,8 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from contract import TinysenseError
+
 from . import DashboardError
 
 PUSH_S = 0.25  # how often a stream sends the fleet
@@ -38,8 +47,11 @@ PUSH_TIMEOUT_S = 5.0  # a stream whose client cannot take a push (its buffers fu
 STREAM_SNDBUF = 64 * 1024  # bytes a stalled stream can hold on our side before a push blocks
 MIN_TOKEN = 16  # characters
 COOKIE = "tinysense_token"
+MAX_POST = 4096  # bytes of a POST's body
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/style.css": ("style.css", "text/css; charset=utf-8")}
+          "/style.css": ("style.css", "text/css; charset=utf-8"),
+          "/record": ("record.html", "text/html; charset=utf-8"),
+          "/record.js": ("record.js", "text/javascript; charset=utf-8")}
 
 
 def parse_address(text: str, flag: str = "--http") -> tuple[str, int]:
@@ -162,11 +174,14 @@ class _Server(ThreadingHTTPServer):
 class Dashboard:
     """The HTTP server in a thread of its own; ``close`` ends the streams and the server.
 
-    ``token_file``: needed for any address but loopback. ``cert``/``key``: serve HTTPS.
+    ``token_file``: needed for any address but loopback. ``cert``/``key``: serve HTTPS. ``fleet``:
+    what the live view shows; ``recorder``: serve the record view instead, driving it (``state()``
+    -> dict, ``frame()`` -> JPEG bytes or None, ``start(label, count)``, ``stop()``; a refusal is a
+    TinysenseError whose line the page shows).
     """
 
     def __init__(self, fleet, address: str, token_file: Path | None = None, cert: Path | None = None,
-                 key: Path | None = None, max_clients: int = MAX_CLIENTS, flag: str = "--http"):
+                 key: Path | None = None, max_clients: int = MAX_CLIENTS, flag: str = "--http", recorder=None):
         host, port = check_access(address, token_file, cert, key, flag)
         self.token = read_token(Path(token_file), f"{flag}-token") if token_file is not None else None
         tls = None
@@ -178,9 +193,13 @@ class Dashboard:
                 raise DashboardError(f"cannot use the certificate {cert} with the key {key} ({e}): give a PEM "
                                      "certificate and its private key") from None
         self.tls = tls is not None
-        self.fleet = fleet
+        self.fleet, self.recorder = fleet, recorder
         self.closing = threading.Event()
         self.pages = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
+        if fleet is None:  # the record view alone
+            self.pages = {"/": self.pages["/record"], **{p: self.pages[p] for p in ("/record.js", "/style.css")}}
+        elif recorder is None:
+            self.pages = {p: v for p, v in self.pages.items() if not p.startswith("/record")}
         self._encoded: tuple[float, bytes] = (-1e9, b"")
         self._encoding = threading.Lock()
         handler = type("Handler", (_Handler,), {"board": self})
@@ -265,7 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
-        self._deadline.cancel()  # the request is in: a stream may last as long as its client reads
+        if self.command != "POST":  # a POST's body is read within the deadline too
+            self._deadline.cancel()  # the request is in: a stream may last as long as its client reads
         return ok
 
     def log_message(self, fmt, *args):  # no access log on stderr
@@ -286,15 +306,33 @@ class _Handler(BaseHTTPRequestHandler):
             secure = "; Secure" if self.board.tls else ""
             self.send_header("Set-Cookie", f"{COOKIE}={self.board.token}; HttpOnly; SameSite=Strict; Path=/{secure}")
 
-    def do_GET(self):  # http.server's name for it
+    def _allowed(self) -> bool:
         allowed, self._cookie = self.board.allows(self)
         if not allowed:
             self._send(b"a token is needed: open /?token=TOKEN once, or send Authorization: Bearer TOKEN\n",
                        "text/plain", 401)
+        return allowed
+
+    def _json(self, value, status: int = 200) -> None:
+        self._send(json.dumps(value, separators=(",", ":"), allow_nan=False).encode(), "application/json", status)
+
+    def do_GET(self):  # http.server's name for it
+        if not self._allowed():
             return
         path = urlsplit(self.path).path
+        recorder, fleet = self.board.recorder, self.board.fleet
         if path in self.board.pages:
             self._send(*self.board.pages[path])
+        elif recorder is not None and path == "/record/state":
+            self._json(recorder.state())
+        elif recorder is not None and path == "/record/frame.jpg":
+            jpeg = recorder.frame()
+            if jpeg is None:
+                self._send(b"no frame\n", "text/plain", 404)
+            else:
+                self._send(jpeg, "image/jpeg")
+        elif fleet is None:
+            self._send(b"not found\n", "text/plain", 404)
         elif path == "/state":
             self._send(self.board.state_json(), "application/json")
         elif path == "/events":
@@ -308,6 +346,44 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(jpeg, "image/jpeg")
         else:
             self._send(b"not found\n", "text/plain", 404)
+
+    def do_POST(self):  # http.server's name for it
+        try:
+            if not self._allowed():
+                return
+            path, recorder = urlsplit(self.path).path, self.board.recorder
+            if recorder is None or path not in ("/record/start", "/record/stop"):
+                self._send(b"not found\n", "text/plain", 404)
+                return
+            kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            origin = self.headers.get("Origin")
+            scheme = "https" if self.board.tls else "http"
+            if kind != "application/json" or (origin is not None and origin != f"{scheme}://{self.headers['Host']}"):
+                self._json({"error": "send JSON from the record page itself"}, 403)
+                return
+            length = self.headers.get("Content-Length", "")
+            if not length.isdigit() or int(length) > MAX_POST:
+                self._json({"error": f"send a JSON body of at most {MAX_POST} bytes with its Content-Length"}, 413)
+                return
+            try:
+                body = json.loads(self.rfile.read(int(length)) or b"{}")
+            except (ValueError, UnicodeDecodeError):
+                body = None
+            self._deadline.cancel()
+            if not isinstance(body, dict):
+                self._json({"error": "send a JSON object, e.g. {\"label\": \"wave\", \"count\": 10}"}, 400)
+                return
+            try:
+                if path == "/record/start":
+                    recorder.start(body.get("label"), body.get("count"))
+                else:
+                    recorder.stop()
+            except TinysenseError as e:
+                self._json({"error": str(e)}, 400)
+                return
+            self._json(recorder.state())
+        finally:
+            self._deadline.cancel()
 
     def _events(self) -> None:
         self.send_response(200)

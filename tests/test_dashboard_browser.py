@@ -3,9 +3,12 @@ loads the page that `python -m monitor --http` serves while a live device stream
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +145,73 @@ def test_the_device_serves_its_own_dashboard_with_a_thumbnail(digits_bundle, tmp
             browser.quit()
         dev.terminate()
         dev.wait(10)
+
+
+def test_the_record_view_records_two_labels_in_headless_chromium(tmp_path):
+    """python -m device record --dashboard on a simulated sensor: a label typed, Start with a count, a
+    second label until Stop; the counts, the live signal and the dataset build_model reads."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from build_model import datasets
+    from sensors import Sensor
+
+    socat = start_socat(tmp_path, "sensor", "reader")
+    sensor = Sensor(tmp_path / "sensor")
+    port, out = free_port(), tmp_path / "gestures"
+    rec = subprocess.Popen([sys.executable, "-m", "device", "record", "--source",
+                            f"serial-sensor:{tmp_path / 'reader'}", "--out", str(out), "--window", "25",
+                            "--dashboard", f"127.0.0.1:{port}"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    browser = None
+    try:
+        browser = chromium(tmp_path)
+        open_page(browser, f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 30)
+
+        def count(label: str) -> int:
+            got = browser.execute_script("const e = document.querySelector(`#counts tr[data-label='${arguments[0]}']"
+                                         " .count`); return e ? e.textContent : null;", label)
+            return int(got) if got else 0
+
+        def record(label: str, n: str = "") -> None:
+            for field, value in (("label", label), ("count", n)):
+                box = browser.find_element(By.ID, field)
+                box.clear()
+                box.send_keys(value)
+            browser.find_element(By.ID, "start").click()
+
+        wait.until(lambda b: b.execute_script("return document.getElementById('connection').textContent") == "live")
+        wait.until(lambda b: b.execute_script("return document.querySelectorAll('#signal polyline').length") == 3)
+        record("wave", "5")
+        wait.until(lambda b: count("wave") == 5)
+        assert browser.execute_script("return document.getElementById('status').textContent") == "idle"
+        sensor.gesture = "shake"
+        record("shake")  # no count: until Stop
+        wait.until(lambda b: "recording 'shake'" in b.execute_script("return document.getElementById('status')"
+                                                                     ".textContent"))
+        time.sleep(3.5)  # about seven recordings of 25 samples at 50 Hz
+        height = browser.execute_script("return document.getElementById('signal').getBoundingClientRect().height")
+        assert height > 50  # the live signal is shown, not only drawn
+        shot = tmp_path / "record-view.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 5000
+        browser.find_element(By.ID, "stop").click()
+        wait.until(lambda b: count("shake") >= 5)
+        assert count("wave") == 5
+        assert "recordings of 'shake'" in browser.execute_script("return document.getElementById('last').textContent")
+        points = browser.execute_script("return document.querySelector('#signal polyline').getAttribute('points')")
+        assert len(points.split()) > 50  # the live signal of each axis
+        keep = os.environ.get("TINYSENSE_SCREENSHOTS")  # the README's picture: TINYSENSE_SCREENSHOTS=docs
+        if keep:
+            shutil.copy(shot, Path(keep) / shot.name)
+    finally:
+        if browser is not None:
+            browser.quit()
+        rec.terminate()
+        _, err = rec.communicate(timeout=30)
+        sensor.close()
+        socat.kill()
+    assert rec.returncode == 130 and "Traceback" not in err, err
+    ds = datasets.load(f"csv:{out / 'recordings.csv'}", channels=3)
+    assert ds.labels == ("shake", "wave") and ds.sample_shape == (25, 3)

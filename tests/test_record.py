@@ -1,49 +1,20 @@
 """python -m device record: a simulated sensor on a real pty into a dataset build_model reads."""
 
 import json
-import math
 import resource
 import signal
 import subprocess
 import sys
-import threading
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 import serial
 
 from conftest import ROOT, start_socat
-
-
-class Sensor:
-    """Lines of three axes at ``rate`` Hz on the pty's other end: a slow wave or a fast shake."""
-
-    def __init__(self, path, rate=50.0, gesture="wave", sep=","):
-        self.port = serial.Serial(str(path), timeout=0.1)
-        self.rate, self.gesture, self.sep = rate, gesture, sep
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        rng = np.random.default_rng(0)
-        n, start = 0, time.monotonic()
-        while not self.stop.is_set():
-            t = n / self.rate
-            f = 1.0 if self.gesture == "wave" else 6.0
-            values = [math.sin(2 * math.pi * f * t + k) + 0.1 * rng.standard_normal() for k in range(3)]
-            try:
-                self.port.write((self.sep.join(f"{v:.4f}" for v in values) + "\n").encode())
-            except (OSError, serial.SerialException):
-                return
-            n += 1
-            time.sleep(max(0.0, start + n / self.rate - time.monotonic()))
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(2)
-        self.port.close()
+from sensors import Sensor
 
 
 def record(*args, timeout=60, **kw):
@@ -218,3 +189,108 @@ def test_the_whole_loop_record_train_deploy_and_classify_the_same_sensor(sensor_
         assert accuracy > 0.8, seen  # the majority baseline is 0.5
     finally:
         host.kill()
+
+
+def test_the_record_view_drives_the_same_recorder_behind_the_token_gate(sensor_pty, tmp_path):
+    """python -m device record --dashboard: start and stop over HTTP; off loopback only with the token,
+    and a POST only as JSON from the page's own origin."""
+    from brokers import free_port
+    from build_model import datasets
+    from conftest import wait_for
+    from test_dashboard_access import TOKEN, get, token_file
+
+    reader, writer = sensor_pty
+    out = tmp_path / "d"
+    base = ["--source", f"serial-sensor:{reader}", "--out", out, "--window", "25"]
+    r = record(*base, "--dashboard", "0.0.0.0:0")
+    assert r.returncode == 1 and "is open to the network" in r.stderr and "\n" not in r.stderr.strip()
+    r = record(*base, "--dashboard", "127.0.0.1:0", "--count", "3")
+    assert r.returncode == 2 and "leave out --count" in r.stderr
+    assert not out.exists() or not list(out.iterdir())
+
+    s = Sensor(writer)
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "device", "record", *map(str, base), "--dashboard", f"0.0.0.0:{port}",
+                          "--dashboard-token", str(token_file(tmp_path))], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def post(path, body, headers=None):
+        req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **auth, **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as f:
+                return f.status, json.loads(f.read())
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            return e.code, json.loads(body) if e.headers.get("Content-Type") == "application/json" else body
+
+    def serving():
+        try:
+            return get(url + "/record/state", auth)[0] == 200
+        except OSError:  # not listening yet: the sensor's format is detected first
+            return False
+
+    try:
+        wait_for(serving, 30, "the record view")
+        for path in ("/", "/record/state", "/record.js"):
+            assert get(url + path)[0] == 401, path
+        assert post("/record/start", {"label": "wave"}, {"Authorization": "Bearer not-the-token-at-all"})[0] == 401
+        assert post("/record/start", {"label": "wave"}, {"Content-Type": "text/plain"})[0] == 403  # a form's post
+        assert post("/record/start", {"label": "wave"}, {"Origin": "http://evil.example"})[0] == 403
+        status, answer = post("/record/start", {"label": "a,b"})
+        assert status == 400 and "use 1 to 64 letters" in answer["error"]
+        assert get(url + "/state", auth)[0] == 404  # the record view serves no fleet
+        status, state = post("/record/start", {"label": "wave", "count": 5}, {"Origin": f"http://127.0.0.1:{port}"})
+        assert status == 200 and state["recording"]["label"] == "wave" and state["format"]["axes"] == 3
+        assert post("/record/start", {"label": "shake"})[0] == 400  # one recording at a time
+        wait_for(lambda: json.loads(get(url + "/record/state", auth)[2])["counts"].get("wave") == 5, 30, "5 waves")
+        s.gesture = "shake"
+        assert post("/record/start", {"label": "shake"})[0] == 200  # until stopped
+        wait_for(lambda: json.loads(get(url + "/record/state", auth)[2])["recording"]["taken"] >= 5, 30, "5 shakes")
+        status, state = post("/record/stop", {})
+        assert status == 200 and state["recording"] is None and state["counts"]["shake"] >= 5
+        assert len(state["signal"]) == 3 and len(state["signal"][0]) > 50  # the live signal, each axis
+    finally:
+        p.terminate()
+        stdout, stderr = p.communicate(timeout=30)
+        s.close()
+    assert p.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stdout.strip().splitlines()[-1] == f"--dataset csv:{out / 'recordings.csv'} --channels 3"
+    ds = datasets.load(f"csv:{out / 'recordings.csv'}", channels=3)
+    assert ds.labels == ("shake", "wave") and ds.sample_shape == (25, 3)
+
+
+def test_the_record_view_shows_the_camera_frame_and_records_pictures(tmp_path):
+    from brokers import free_port
+    from conftest import wait_for
+    from test_dashboard_access import get
+
+    np.save(tmp_path / "frames.npy", np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8))
+    port, out = free_port(), tmp_path / "pics"
+    p = subprocess.Popen([sys.executable, "-m", "device", "record", "--source", f"replay:{tmp_path / 'frames.npy'}",
+                          "--out", str(out), "--every", "0.05", "--dashboard", f"127.0.0.1:{port}"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def state():
+        try:
+            return json.loads(get(url + "/record/state")[2])
+        except OSError:
+            return None
+
+    try:
+        wait_for(lambda: (state() or {}).get("frame", 0) > 0, 30, "a frame on the page")
+        status, headers, jpeg = get(url + "/record/frame.jpg")
+        assert status == 200 and headers["Content-Type"] == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
+        req = urllib.request.Request(url + "/record/start", data=b'{"label": "red", "count": 5}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).close()
+        wait_for(lambda: state()["counts"].get("red") == 5, 30, "5 pictures")  # the replay of 3 starts over
+    finally:
+        p.terminate()
+        stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 130 and "Traceback" not in stderr, stderr
+    assert len(list((out / "red").glob("*.png"))) == 5 and not list(out.glob(".record-*"))
+    assert stdout.strip().splitlines()[-1] == f"--dataset images:{out}"
