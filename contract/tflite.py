@@ -29,6 +29,8 @@ class Op:
     input_types: tuple[str, ...]
     output_types: tuple[str, ...]
     outputs: tuple[int, ...] = ()  # tensor indices of the main subgraph
+    input_shapes: tuple[tuple[int, ...], ...] = ()  # of the main subgraph's operators (-1: optional, absent)
+    output_shapes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def is_float(self) -> bool:
@@ -83,6 +85,8 @@ def read(data: bytes) -> ModelInfo:
         for s in range(model.SubgraphsLength()):
             g = model.Subgraphs(s)
             types = [type_names.get(g.Tensors(t).Type(), "?") for t in range(g.TensorsLength())]
+            shapes = [tuple(int(d) for d in g.Tensors(t).ShapeAsNumpy()) if g.Tensors(t).ShapeLength() else ()
+                      for t in range(g.TensorsLength())] if s == 0 else []
 
             def tt(indices, types=types):
                 return tuple(types[i] for i in indices if i >= 0)
@@ -92,8 +96,12 @@ def read(data: bytes) -> ModelInfo:
             for o in range(g.OperatorsLength()):
                 op = g.Operators(o)
                 name, custom = codes[op.OpcodeIndex()]
+                ins = tuple(int(i) for i in op.InputsAsNumpy())
                 outs = tuple(int(i) for i in op.OutputsAsNumpy() if i >= 0)
-                ops.append(Op(name, custom, tt(op.InputsAsNumpy()), tt(outs), outs if s == 0 else ()))
+                main = s == 0
+                ops.append(Op(name, custom, tt(ins), tt(outs), outs if main else (),
+                              tuple(shapes[i] if i >= 0 else (-1,) for i in ins) if main else (),
+                              tuple(shapes[i] for i in outs) if main else ()))
     except ContractError:
         raise
     except Exception as e:  # noqa: BLE001 - a truncated buffer fails in struct, numpy or index arithmetic

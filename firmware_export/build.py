@@ -386,11 +386,15 @@ def probe(src_dir: Path, name: str, tree: Path, target: str, emitted: int, kerne
     elf = work / "probe.elf"
     _compile_link(tc, [str(source), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, elf,
                   _mcu_link_flags(tc, work, work / "probe.map"))
-    nm = subprocess.run([tc.cxx.replace("g++", "nm"), str(elf)], capture_output=True, text=True, check=True).stdout
-    marks = re.finditer(r"^([0-9a-f]+) T (tinysense_insn_\w+)$", nm, re.M)
+    nm = subprocess.run([tc.cxx.replace("g++", "nm"), "-S", str(elf)], capture_output=True, text=True,
+                        check=True).stdout
+    marks = re.finditer(r"^([0-9a-f]+) (?:[0-9a-f]+ )?T (tinysense_(?:insn|op)_\w+)$", nm, re.M)
     addr = {m.group(2): int(m.group(1), 16) & ~1 for m in marks}
+    ranges = work / "cmsis-nn.ranges"  # CMSIS-NN's functions: where an operator's kernel ran
+    ranges.write_text("".join(f"{lo:x} {lo + size:x}\n" for lo, size in sorted(_functions(nm, "arm_"))))
     log_file = work / "probe-plugin.log"
-    plugin = ["-plugin", f"{_plugin()},begin={addr['tinysense_insn_begin']:#x},end={addr['tinysense_insn_end']:#x}",
+    plugin = ["-plugin", f"{_plugin()},begin={addr['tinysense_insn_begin']:#x},end={addr['tinysense_insn_end']:#x},"
+              f"op_begin={addr['tinysense_op_begin']:#x},op_end={addr['tinysense_op_end']:#x},ranges={ranges}",
               "-d", "plugin", "-D", str(log_file)]
     log(f"probing the smallest arena and counting instructions on {plat.name}")
     run = run_qemu(plat, elf, plugin)
@@ -400,8 +404,26 @@ def probe(src_dir: Path, name: str, tree: Path, target: str, emitted: int, kerne
         shown = [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("probe")][:2]
         raise ExportError(f"the arena probe failed on {plat.name} (exit {run.returncode}): "
                           f"{' / '.join(shown) or 'no output'}")
-    counted = re.search(r"insn-count: (\d+) between (\d+) mark pairs", log_file.read_text()
-                        if log_file.is_file() else "")
-    return {"target": plat.name, "kernels": tc.kernels, "arena_min_bytes": int(arena.group(1)),
-            "self_test_at_min": f"{golden.group(1)} of {golden.group(2)}",
-            "instructions_per_inference": int(counted.group(1)) if counted and counted.group(2) == "1" else None}
+    counts = log_file.read_text() if log_file.is_file() else ""
+    pairs = {int(i): int(n) for i, n in re.findall(r"^insn-pair: (\d+) (\d+)$", counts, re.M)}
+    ops = [(int(n), int(k)) for pair, n, k in re.findall(r"^insn-op: (\d+) (\d+) (\d+)$", counts, re.M)
+           if pair == "1"]  # the second pair: the profiled inference
+    result = {"target": plat.name, "kernels": tc.kernels, "arena_min_bytes": int(arena.group(1)),
+              "self_test_at_min": f"{golden.group(1)} of {golden.group(2)}",
+              "instructions_per_inference": pairs.get(0)}
+    if "probe-profile: ok" in run.stdout and 1 in pairs and ops:
+        result["operators"] = {"whole_instructions": pairs[1], "ops": ops, "helium": _helium(tc)}
+    return result
+
+
+def _functions(nm: str, prefix: str) -> list[tuple[int, int]]:
+    """(address, size) of the text symbols whose names start with ``prefix``, from ``nm -S``."""
+    found = re.finditer(rf"^([0-9a-f]+) ([0-9a-f]+) [Tt] ({prefix}\w*)$", nm, re.M)
+    return [(int(m.group(1), 16) & ~1, int(m.group(2), 16)) for m in found]
+
+
+def _helium(tc: Toolchain) -> bool:
+    """Whether this target's flags compile CMSIS-NN's Helium (MVE) code: the compiler's own macro."""
+    r = subprocess.run([tc.cc, *tc.platform.cpu_flags, "-dM", "-E", "-x", "c", "/dev/null"], capture_output=True,
+                       text=True)
+    return "__ARM_FEATURE_MVE" in r.stdout

@@ -135,6 +135,10 @@ def _summary(result) -> None:
             print(f"    smallest arena there {p['arena_min_bytes']} B (emitted {r['arena_bytes']} B); "
                   f"{insns if insns is not None else 'unknown'} instructions per inference (counted by a QEMU "
                   "plugin: instructions, not cycles)")
+        if "profile" in b:
+            from .profile import table
+
+            print("\n".join("    " + line for line in table(b["profile"], target).splitlines()))
         if "latency_estimate" in b:
             e = b["latency_estimate"]
             print(f"    estimated latency on {e['board']} at {e['clock_mhz']:g} MHz: {e['ms_low']:.2f} to "

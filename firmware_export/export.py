@@ -233,7 +233,7 @@ def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, ta
             report["flash_bytes"] = None
         if build:
             _build(stage, ident, cfg, source_name, report, build, kernels, tflm_tree, log,
-                   board)
+                   board, info)
         _check_budget(report, target, flash_kb, ram_kb)
         (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(output.path, report)
@@ -245,10 +245,11 @@ def measured_arena(min_bytes: int) -> int:
 
 
 def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, report: dict, targets: tuple,
-           kernels: str | None, tflm_tree, log, target_board: hardware.Board | None = None) -> None:
-    """Probe every Cortex-M target for its smallest arena, emit the 32-bit figure from that, then build
-    and run the firmware on each target with the emitted figure."""
-    from . import build as builder
+           kernels: str | None, tflm_tree, log, target_board: hardware.Board | None = None,
+           info: tflite.ModelInfo | None = None) -> None:
+    """Probe every Cortex-M target for its smallest arena and its per-operator cost, emit the 32-bit
+    arena from that, then build and run the firmware on each target with the emitted figure."""
+    from . import build as builder, profile
 
     tree = builder.find_tree(tflm_tree)
     targets = tuple(dict.fromkeys(targets))
@@ -272,11 +273,25 @@ def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, repo
         report["arena_bytes"] = arena
         report["arena_measured"] = {t: {"kernels": p["kernels"], "min_bytes": p["arena_min_bytes"]}
                                     for t, p in probes.items()}
+    profiles = {}
+    for t, p in probes.items():
+        counted = p.pop("operators", None)
+        if counted and info is not None:
+            rows = profile.rows(info, counted["ops"], p["kernels"], profile.cmsis_nn_ops(tree), counted["helium"])
+            ops_sum = sum(r["instructions"] for r in rows)
+            profiles[t] = {"whole_instructions": counted["whole_instructions"], "operators_instructions": ops_sum,
+                           "coverage": round(ops_sum / counted["whole_instructions"], 4),
+                           "matches_graph": len(rows) == len(info.ops), "rows": rows}
+    if profiles:
+        profile.chart(profiles, stage / "profile.png", ident)
+        report["files"] = sorted([*report["files"], "profile.png"])
     report["build"] = {}
     for t in targets:
         result = builder.build(stage, ident, tree, t, kernels if mcu[t] else None, log=log)
         if t in probes:
             result["probe"] = probes[t]
+            if t in profiles:
+                result["profile"] = profiles[t]
             insns = probes[t]["instructions_per_inference"]
             # the --target board's own clock when its core is this one, else a common board with this core
             own = target_board is not None and target_board.cpu == t and not target_board.stands_in

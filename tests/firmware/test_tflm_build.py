@@ -11,6 +11,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,9 +57,33 @@ def _check_cortex_m4(report, out, model_bytes):
     # emitted from the 32-bit measurement: at most 2 % + 16 B above the smallest that works there
     assert smallest <= report["arena_bytes"] <= smallest * 1.02 + 16
     assert probe["instructions_per_inference"] > 1000
+    _check_profile(report, out, "cortex-m4")
     config = (out / f"{report['name']}_model_config.h").read_text()
     assert f"kTensorArenaSize = {report['arena_bytes']};" in config
     assert f"kTensorArenaSize = {report['arena_bytes_64bit']};" in config
+
+
+def _check_profile(report, out, target):
+    """The per-operator counts: one row per operator of the graph, adding up to the whole inference."""
+    prof = report["build"][target]["profile"]
+    rows = prof["rows"]
+    assert prof["matches_graph"] and [r["op"] for r in rows] == [op for op in _graph_ops(report)]
+    assert sum(r["instructions"] for r in rows) == prof["operators_instructions"]
+    assert 0.99 <= prof["coverage"] <= 1.0  # the operators add up to the inference within 1 %
+    # the profiled inference costs what the plain one does (the marks are a few instructions an operator)
+    assert abs(prof["whole_instructions"] / report["build"][target]["probe"]["instructions_per_inference"] - 1) < 0.01
+    assert abs(sum(r["share"] for r in rows) - 1) < 0.01
+    for r in rows:
+        if r["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            assert r["macs"] > 0 and r["instructions_per_mac"] == round(r["instructions"] / r["macs"], 2)
+    assert (out / "profile.png").stat().st_size > 5000
+
+
+def _graph_ops(report):
+    from contract import tflite
+
+    src = Path(report["source"])
+    return [op.name for op in tflite.read((src / "model.tflite" if src.is_dir() else src).read_bytes()).ops]
 
 
 def test_digits_builds_with_tflm_and_passes_its_self_test(digits_bundle, tmp_path):
@@ -127,5 +153,48 @@ def test_digits_runs_on_cortex_m7_and_on_cortex_m55_with_helium(digits_bundle, t
     assert outputs["cortex-m4"] == outputs["cortex-m7"] == outputs["cortex-m55"]  # one answer on every core
     insns = {t: report["build"][t]["probe"]["instructions_per_inference"] for t in outputs}
     assert insns["cortex-m55"] < insns["cortex-m4"] / 2  # CMSIS-NN's MVE (Helium) paths on the M55
+    for t in outputs:
+        _check_profile(report, out, t)
+    kernels = {t: {r["kernel"] for r in report["build"][t]["profile"]["rows"] if r["op"] == "CONV_2D"}
+               for t in outputs}
+    assert kernels == {"cortex-m4": {"CMSIS-NN"}, "cortex-m7": {"CMSIS-NN"}, "cortex-m55": {"CMSIS-NN (Helium)"}}
     smallest = max(m["min_bytes"] for m in report["arena_measured"].values())
     assert smallest <= report["arena_bytes"] <= smallest * 1.02 + 16  # the largest need among the targets
+
+
+def test_the_profile_names_a_fallback_to_the_reference_kernel_and_why(tmp_path):
+    """A broadcast ADD (CMSIS-NN adds same-shape tensors only) and a MEAN (no CMSIS-NN kernel) on a
+    Cortex-M4: the table says which kernel ran each operator, flags the fallback with its reason,
+    and gives the MEAN a hint."""
+    import numpy as np
+
+    from build_model.tf import keras, tf
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = L.Input((16, 16, 8))
+    x = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
+    x = L.Lambda(lambda t: t + tf.constant(np.linspace(-1, 1, 16), tf.float32))(x)  # a (16,) broadcast over 16x16
+    x = L.GlobalAveragePooling2D()(x)  # MEAN
+    m = keras.Model(inp, L.Dense(4, activation="softmax")(x))
+    rng = np.random.default_rng(0)
+    c = tf.lite.TFLiteConverter.from_keras_model(m)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([rng.normal(size=(1, 16, 16, 8)).astype(np.float32)] for _ in range(50))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = c.inference_output_type = tf.int8
+    model = tmp_path / "broadcast.tflite"
+    model.write_bytes(c.convert())
+    report, out = _built(model, tmp_path, "broadcast", ("cortex-m4",))
+    _check_profile(report, out, "cortex-m4")
+    rows = {r["op"]: r for r in report["build"]["cortex-m4"]["profile"]["rows"]}
+    assert rows["CONV_2D"]["kernel"] == "CMSIS-NN" and rows["CONV_2D"]["cmsis_nn_share"] > 0.9
+    add = rows["ADD"]
+    assert add["kernel"] == "reference (fallback)" and add["cmsis_nn_share"] == 0
+    assert "different shapes" in add["fallback"]["reason"] and "same shape" in add["fallback"]["hint"]
+    mean = rows["MEAN"]
+    assert mean["kernel"] == "reference" and mean["note"] == "no CMSIS-NN kernel for MEAN"
+    text = subprocess.run([sys.executable, "-m", "firmware_export", str(model), "--out", str(tmp_path / "cli"),
+                           "--build", "cortex-m4", "--tflm-tree", str(TREE)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600).stdout
+    assert "per-operator instructions on cortex-m4" in text and "ADD fell back to the reference kernel" in text
