@@ -371,7 +371,8 @@ def probe(src_dir: Path, name: str, tree: Path, target: str, emitted: int, kerne
           log=lambda *a: None) -> dict:
     """The smallest arena that allocates on this Cortex-M target (bisected in one run, around the
     ``emitted`` host figure in bytes), the golden inputs at exactly that size, and the instructions
-    of one inference (a QEMU plugin; not cycles)."""
+    of one inference and of each operator (a QEMU plugin; not cycles). An attempt at which TFLM
+    aborts counts as too small; one that faults the core ends the run, which starts again above it."""
     tc = toolchain(target, kernels)
     plat = tc.platform
     if not plat.is_mcu:
@@ -380,9 +381,32 @@ def probe(src_dir: Path, name: str, tree: Path, target: str, emitted: int, kerne
     work = src_dir / f"build-{plat.name}"
     work.mkdir(exist_ok=True)
     arena_max = min(max(4 * emitted, emitted + 64 * 1024), plat.ram[1] // 2)
+    low, low_fails = max(1024, emitted // 4), False
+    log(f"probing the smallest arena and counting instructions on {plat.name}")
+    for _ in range(PROBE_RERUNS):
+        elf, run, log_file = _probe_run(src_dir, name, tree, tc, lib, work, arena_max, low, low_fails)
+        if re.search(r"^probe-arena: ", run.stdout, re.M) or run.returncode not in FAULT_EXITS:
+            break
+        tried = re.findall(r"^probe-try: (\d+)$", run.stdout, re.M)
+        if not tried or int(tried[-1]) <= low and low_fails:
+            break
+        # the core faulted trying that size: start again from it, as a size that fails
+        log(f"the probe faulted on {plat.name} trying an arena of {tried[-1]} B (exit {run.returncode}); "
+            "probing again above it")
+        low, low_fails = int(tried[-1]), True
+    return _probe_result(plat, tc, run, log_file)
+
+
+PROBE_RERUNS = 8
+FAULT_EXITS = (1, 90)  # newlib's abort outside an attempt, and our start-up's fault handler
+
+
+def _probe_run(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path, work: Path, arena_max: int,
+               low: int, low_fails: bool):
+    """Build the probe for one starting point and run it under QEMU with the counting plugin."""
     source = work / "probe.cc"
     source.write_text(Template(_support("probe.cc.tmpl")).substitute(
-        name=name, arena_max=arena_max, arena_low=max(1024, emitted // 4)))
+        name=name, arena_max=arena_max, arena_low=low, low_fails="true" if low_fails else "false"))
     elf = work / "probe.elf"
     _compile_link(tc, [str(source), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, elf,
                   _mcu_link_flags(tc, work, work / "probe.map"))
@@ -396,21 +420,28 @@ def probe(src_dir: Path, name: str, tree: Path, target: str, emitted: int, kerne
     plugin = ["-plugin", f"{_plugin()},begin={addr['tinysense_insn_begin']:#x},end={addr['tinysense_insn_end']:#x},"
               f"op_begin={addr['tinysense_op_begin']:#x},op_end={addr['tinysense_op_end']:#x},ranges={ranges}",
               "-d", "plugin", "-D", str(log_file)]
-    log(f"probing the smallest arena and counting instructions on {plat.name}")
-    run = run_qemu(plat, elf, plugin)
+    log_file.unlink(missing_ok=True)
+    return elf, run_qemu(tc.platform, elf, plugin), log_file
+
+
+def _probe_result(plat: hardware.Core, tc: Toolchain, run: subprocess.CompletedProcess, log_file: Path) -> dict:
     arena = re.search(r"probe-arena: (\d+)", run.stdout)
     golden = re.search(r"probe-self-test: (\d+) of (\d+)", run.stdout)
     if run.returncode != 0 or not arena or not golden:
-        shown = [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("probe")][:2]
+        shown = [ln for ln in run.stdout.splitlines() if ln.startswith("probe") and not ln.startswith("probe-try")]
+        tried = re.findall(r"^probe-try: (\d+)$", run.stdout, re.M)
+        said = [ln.strip() for ln in run.stderr.splitlines() if ln.strip()]
+        what = shown[-1:] or ([f"it faulted trying an arena of {tried[-1]} B"] if tried else [])
         raise ExportError(f"the arena probe failed on {plat.name} (exit {run.returncode}): "
-                          f"{' / '.join(shown) or 'no output'}")
+                          f"{' / '.join(what + said[-1:]) or 'no output'}")
     counts = log_file.read_text() if log_file.is_file() else ""
     pairs = {int(i): int(n) for i, n in re.findall(r"^insn-pair: (\d+) (\d+)$", counts, re.M)}
     ops = [(int(n), int(k)) for pair, n, k in re.findall(r"^insn-op: (\d+) (\d+) (\d+)$", counts, re.M)
            if pair == "1"]  # the second pair: the profiled inference
     result = {"target": plat.name, "kernels": tc.kernels, "arena_min_bytes": int(arena.group(1)),
               "self_test_at_min": f"{golden.group(1)} of {golden.group(2)}",
-              "instructions_per_inference": pairs.get(0)}
+              "instructions_per_inference": pairs.get(0),
+              "attempts_aborted": len(re.findall(r"^probe-aborted: ", run.stdout, re.M))}
     if "probe-profile: ok" in run.stdout and 1 in pairs and ops:
         result["operators"] = {"whole_instructions": pairs[1], "ops": ops, "helium": _helium(tc)}
     return result

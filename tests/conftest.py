@@ -93,21 +93,49 @@ def start_socat(tmp_path, a="app", b="host"):
     pytest.fail("socat did not create the pty pair")
 
 
-def int8_autoencoder(path: Path) -> Path:
-    """A small dense int8 autoencoder of our own (640-16-8-16-640): tiny activations, 640 values out."""
+def full_int8(model, path: Path, samples: int) -> Path:
+    """A Keras model converted to full int8 (int8 input and output), calibrated on seeded normal noise."""
     import numpy as np
 
-    from build_model.tf import keras, tf
+    from build_model.tf import tf
+
+    rng = np.random.default_rng(0)
+    shape = (1, *model.input_shape[1:])
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([rng.normal(size=shape).astype(np.float32)] for _ in range(samples))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = c.inference_output_type = tf.int8
+    path.write_bytes(c.convert())
+    return path
+
+
+def int8_ds_cnn(path: Path) -> Path:
+    """The MLPerf Tiny keyword-spotting reference's shape (mlcommons/tiny, DS-CNN: a 49x10 input, a
+    10x4 stride-2 conv and four depthwise-separable blocks of 64 channels), untrained, full int8."""
+
+    from build_model.tf import keras
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = L.Input((49, 10, 1))
+    x = L.Conv2D(64, (10, 4), strides=(2, 2), padding="same", use_bias=False)(inp)
+    x = L.ReLU()(L.BatchNormalization()(x))
+    for _ in range(4):
+        x = L.ReLU()(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)))
+        x = L.ReLU()(L.BatchNormalization()(L.Conv2D(64, 1, use_bias=False)(x)))
+    x = L.Flatten()(L.AveragePooling2D(pool_size=(25, 5))(x))
+    m = keras.Model(inp, L.Dense(12, activation="softmax")(x))
+    return full_int8(m, path, 50)
+
+
+def int8_autoencoder(path: Path) -> Path:
+    """A small dense int8 autoencoder of our own (640-16-8-16-640): tiny activations, 640 values out."""
+
+    from build_model.tf import keras
 
     keras.utils.set_random_seed(0)
     L = keras.layers
     m = keras.Sequential([L.Input((640,)), L.Dense(16, activation="relu"), L.Dense(8, activation="relu"),
                           L.Dense(16, activation="relu"), L.Dense(640)])
-    rng = np.random.default_rng(0)
-    c = tf.lite.TFLiteConverter.from_keras_model(m)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([rng.normal(size=(1, 640)).astype(np.float32)] for _ in range(100))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = c.inference_output_type = tf.int8
-    path.write_bytes(c.convert())
-    return path
+    return full_int8(m, path, 100)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED_MODELS, int8_autoencoder
+from conftest import ROOT, SHARED_MODELS, full_int8, int8_autoencoder, int8_ds_cnn
 from firmware_export import build, generate
 from firmware_export.export import export
 from contract.tflite import _names, _schema
@@ -177,14 +177,7 @@ def test_the_profile_names_a_fallback_to_the_reference_kernel_and_why(tmp_path):
     x = L.Lambda(lambda t: t + tf.constant(np.linspace(-1, 1, 16), tf.float32))(x)  # a (16,) broadcast over 16x16
     x = L.GlobalAveragePooling2D()(x)  # MEAN
     m = keras.Model(inp, L.Dense(4, activation="softmax")(x))
-    rng = np.random.default_rng(0)
-    c = tf.lite.TFLiteConverter.from_keras_model(m)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([rng.normal(size=(1, 16, 16, 8)).astype(np.float32)] for _ in range(50))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = c.inference_output_type = tf.int8
-    model = tmp_path / "broadcast.tflite"
-    model.write_bytes(c.convert())
+    model = full_int8(m, tmp_path / "broadcast.tflite", 50)
     report, out = _built(model, tmp_path, "broadcast", ("cortex-m4",))
     _check_profile(report, out, "cortex-m4")
     rows = {r["op"]: r for r in report["build"]["cortex-m4"]["profile"]["rows"]}
@@ -198,3 +191,21 @@ def test_the_profile_names_a_fallback_to_the_reference_kernel_and_why(tmp_path):
                            "--build", "cortex-m4", "--tflm-tree", str(TREE)], capture_output=True, text=True,
                           cwd=ROOT, timeout=600).stdout
     assert "per-operator instructions on cortex-m4" in text and "ADD fell back to the reference kernel" in text
+
+
+def test_the_keyword_spotting_shape_builds_and_the_probe_survives_tflm_aborting(tmp_path):
+    """The MLPerf Tiny KWS DS-CNN shape on a Cortex-M4 (its reference model failed with 'the arena
+    probe failed ... no output': TFLM aborts on an arena far too small, through a TFLITE_DCHECK on
+    a persistent buffer it could not allocate, and the probe's buffered output was lost with it).
+    Started from different points, the probe meets such aborts and still finds one smallest arena."""
+    model = int8_ds_cnn(tmp_path / "kws.tflite")
+    report, out = _built(model, tmp_path, "kws", ("cortex-m4",))
+    _check_cortex_m4(report, out, model.stat().st_size)
+    smallest = report["build"]["cortex-m4"]["probe"]["arena_min_bytes"]
+    assert 15_000 < smallest < 40_000  # about 22.8 KB, as TFLM's own harness measures the reference model
+    aborted, found = 0, set()
+    for emitted in range(8192, 8192 + 8 * 2048, 2048):  # the bisection starts at a quarter of this
+        p = build.probe(out, "kws", TREE, "cortex-m4", emitted)
+        aborted += p["attempts_aborted"]
+        found.add(p["arena_min_bytes"])
+    assert aborted > 0 and found == {smallest}
