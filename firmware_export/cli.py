@@ -39,6 +39,11 @@ def parser() -> argparse.ArgumentParser:
                         "plus 1%%), whole-firmware flash and RAM, and instructions per inference. Needs --tflm-tree")
     p.add_argument("--kernels", choices=KERNELS,
                    help="TFLM kernels on a Cortex-M target (default cmsis-nn; the host builds reference)")
+    p.add_argument("--tflm", choices=("auto", "package", "host"), default="auto",
+                   help="which real TFLM measures the arena and gives the parity and golden outputs: the tflite-micro "
+                        "package (in a child process), the TFLM built here from --tflm-tree (host, reference kernels), "
+                        "or auto (default): the package, and the one built here when the package crashes on the model "
+                        "or is not installed")
     p.add_argument("--tflm-tree", type=Path,
                    help="a standalone TFLM source tree from create_tflm_tree.py (default: $TFLM_TREE)")
     p.add_argument("--layout", choices=LAYOUTS,
@@ -64,7 +69,8 @@ def export_from(args) -> int:
     result = export(args.model, args.out, name=args.name, target=args.target, flash_kb=args.flash_kb,
                     ram_kb=args.ram_kb, force=args.force, compile_check=not args.no_compile,
                     margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
-                    tflm_tree=args.tflm_tree, kernels=args.kernels, log=lambda *a: print(*a, file=sys.stderr))
+                    tflm_tree=args.tflm_tree, kernels=args.kernels, log=lambda *a: print(*a, file=sys.stderr),
+                    tflm_oracle=args.tflm)
     _summary(result)
     return 0
 
@@ -90,7 +96,7 @@ def _board_project(args) -> int:
         result = export(args.model, Path(tmp) / "src", name=args.name, target=args.target or b.name,
                         flash_kb=args.flash_kb, ram_kb=args.ram_kb, compile_check=not args.no_compile,
                         margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
-                        tflm_tree=args.tflm_tree, kernels=args.kernels, log=log)
+                        tflm_tree=args.tflm_tree, kernels=args.kernels, log=log, tflm_oracle=args.tflm)
         with output.staged() as stage:
             project = boards.write_project(result.out, stage, result.report["name"], args.layout, b.project)
             relative = project.relative_to(stage)
@@ -116,6 +122,7 @@ def _summary(result) -> None:
         arena = (f"arena {r['arena_bytes']} B (smallest that runs in TFLM here {r['arena_smallest_host_bytes']} B "
                  f"+ {r['arena_margin_percent']:g}%; the recording allocator reported {r['arena_recorded_bytes']} B)")
     print(f"  model {r['model_bytes']} B, {flash}, {arena}")
+    print(f"  measured and checked by {par['tflm']}")
     for key, label in (("tflm_vs_litert_reference", "LiteRT reference"), ("tflm_vs_litert_default", "LiteRT default")):
         c = par[key]
         print(f"  parity TFLM vs {label} on {par['samples']} inputs: top-1 agreement "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from contract import bundle as bundle_mod
 from contract.bundle import sha256
 from contract.preprocess import Preprocessor
 from contract.quant import quantize
-from contract.runtime import Model, open_bundle
+from contract.runtime import Model, TensorInfo, open_bundle
 
 from . import ExportError, compile as cc, generate, hardware, tflm
 
@@ -72,14 +73,14 @@ def preflight(model: bytes) -> tflite.ModelInfo:
     return info
 
 
-def _inputs(src: Source, micro: tflm.MicroModel, count: int,
+def _inputs(src: Source, m_in: TensorInfo, count: int,
             inputs: Path | None = None) -> tuple[np.ndarray, list[int]]:
     """Quantized inputs: ``inputs`` when given, else the bundle's test set, else seeded random values.
 
     An ``inputs`` file holds ``x`` (and optionally ``y``): integers in the model's input type are
     used as they are; floats are what the float model would take, and are quantized here.
     """
-    shape, dtype = micro.input_shape, micro.input_dtype
+    shape, dtype = m_in.shape, m_in.dtype
     if inputs is not None:
         try:
             data = np.load(inputs, allow_pickle=False)
@@ -89,7 +90,7 @@ def _inputs(src: Source, micro: tflm.MicroModel, count: int,
         if x.shape[1:] != shape[1:] and x.shape[1:] != shape:
             raise ExportError(f"--inputs samples have shape {x.shape[1:]}, the model takes {shape[1:]}")
         if x.dtype.kind == "f":
-            x = quantize(x, micro.input.scale, micro.input.zero_point, dtype)
+            x = quantize(x, m_in.scale, m_in.zero_point, dtype)
         elif x.dtype != dtype:
             raise ExportError(f"--inputs holds {x.dtype}, the model takes {dtype} (or floats to quantize)")
         truth = [int(v) for v in data["y"][:count]] if "y" in data else [-1] * len(x)
@@ -118,31 +119,11 @@ def _golden_pick(truth: list[int], k: int) -> list[int]:
     return picked or list(range(min(k, len(truth))))
 
 
-def per_op_divergence(model: bytes, info: tflite.ModelInfo, xs: np.ndarray) -> list[dict]:
-    """Where TFLM and LiteRT's reference kernels part: each operator whose output differs, and by how much.
-
-    Both interpreters keep every intermediate tensor, so a difference at the output can
-    be traced to the first operator that introduced it.
-    """
-    micro = tflm.load(model, keep_tensors=True)
-    ref = Model(model, num_threads=1, resolver="reference", keep_tensors=True)
-    worst = np.zeros(len(info.ops), dtype=np.int64)
-    for x in xs:
-        micro.run(x)
-        ref.run(x)
-        for i, op in enumerate(info.ops):
-            if op.outputs and not op.is_float:
-                a = micro.tensor(op.outputs[0]).astype(np.int64).reshape(-1)
-                b = ref.interpreter.get_tensor(op.outputs[0]).astype(np.int64).reshape(-1)
-                worst[i] = max(worst[i], int(np.abs(a - b).max()))
-    return [{"index": i, "op": info.ops[i].name, "max_step_diff": int(d)} for i, d in enumerate(worst) if d]
-
-
-def parity(model: bytes, micro: tflm.MicroModel, xs: np.ndarray) -> dict:
-    """TFLM against LiteRT's reference kernels and its default (XNNPACK) path, on the same bytes."""
+def parity(model: bytes, micro_outputs: np.ndarray, xs: np.ndarray) -> dict:
+    """TFLM's outputs against LiteRT's reference kernels and its default (XNNPACK) path, on the same bytes."""
     ref = Model(model, num_threads=1, resolver="reference")
     fast = Model(model, num_threads=1)
-    m_out = np.stack([micro.run(x) for x in xs]).astype(np.int32)
+    m_out = micro_outputs.astype(np.int32)
     r_out = np.stack([ref.run(x) for x in xs]).astype(np.int32)
     f_out = np.stack([fast.run(x) for x in xs]).astype(np.int32)
 
@@ -169,27 +150,35 @@ class ExportResult:
 def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, target: str | None = None,
            flash_kb: int | None = None, ram_kb: int | None = None, force: bool = False, compile_check: bool = True,
            build: tuple = (), tflm_tree=None, kernels: str | None = None, log=lambda *a: None,
-           margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None) -> ExportResult:
+           margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None,
+           tflm_oracle: str = "auto") -> ExportResult:
     board = hardware.preset(target) if target is not None else None
     output = out if isinstance(out, atomic.OutputDir) else atomic.OutputDir(out, force)  # the one check
     src = read_source(path)
     ident = generate.sanitise(name or src.default_name)
     info = preflight(src.model)
-    micro = tflm.load(src.model)  # raises with TFLM's own reason when it cannot run the model
-
-    xs, truth = _inputs(src, micro, PARITY_MAX, inputs)
-    recorded = tflm.recorded_arena_bytes(micro, xs[0])
-    # the recorded total can miss the planner's scratch memory (tiny activations): use what works
-    smallest = tflm.smallest_arena(src.model, xs[0], recorded)
-    arena = arena_size(max(recorded, smallest), margin_percent)
-    micro = tflm.load(src.model, arena_bytes=arena)  # the emitted figure must be enough by itself
-    checks = parity(src.model, micro, xs)
-    checks["diverging_ops"] = per_op_divergence(src.model, info, xs)
+    lite = Model(src.model, num_threads=1)  # the I/O tensors, as LiteRT reads them
+    m_in, m_out = lite.input, lite.output
+    xs, truth = _inputs(src, m_in, PARITY_MAX, inputs)
+    with tempfile.TemporaryDirectory(prefix="tinysense-tflm-") as work:
+        # the package in a child process, or TFLM built here when the package crashes on the model;
+        # raises with TFLM's own reason when it cannot run the model
+        oracle = tflm.oracle(src.model, info, tflm_tree, Path(work), m_out, log, tflm_oracle)
+        recorded = oracle.recorded_arena(xs[0])
+        # the recorded total can miss the planner's scratch memory (tiny activations): use what works
+        smallest = oracle.smallest_arena(xs[0], recorded)
+        arena = arena_size(max(recorded, smallest), margin_percent)
+        outputs = oracle.outputs(xs, arena)  # the emitted figure must be enough by itself
+        checks = parity(src.model, outputs, xs)
+        diverging = oracle.diverging(xs)
+    checks["diverging_ops"] = diverging or []
+    checks["tflm"] = oracle.what
+    if diverging is None:
+        checks["diverging_ops_not_checked"] = "the TFLM built here keeps no intermediate tensors to compare"
     pick = _golden_pick(truth, GOLDEN_COUNT)
     g_in = xs[pick]
-    g_out = np.stack([micro.run(x) for x in g_in])
+    g_out = outputs[pick]
 
-    m_in, m_out = micro.input, micro.output
     spec = src.bundle.spec if src.bundle else None
     labels = spec.labels if spec else tuple(str(i) for i in range(int(np.prod(m_out.shape))))
     # a bundle says it is a classifier; a bare .tflite is one when it ends in SOFTMAX

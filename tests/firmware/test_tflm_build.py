@@ -209,3 +209,43 @@ def test_the_keyword_spotting_shape_builds_and_the_probe_survives_tflm_aborting(
         aborted += p["attempts_aborted"]
         found.add(p["arena_min_bytes"])
     assert aborted > 0 and found == {smallest}
+
+
+def test_the_tflm_built_here_measures_and_checks_what_the_package_would(digits_bundle, tmp_path):
+    """--tflm host: the arena, parity and golden outputs from the TFLM built from the tree (the path a
+    model takes when the tflite-micro package crashes on it), and the firmware still passes."""
+    report, out = _built(digits_bundle, tmp_path, "host-checked", ("host", "cortex-m4"))
+    assert report["parity"]["tflm"] == "the tflite-micro package"
+    host_out = tmp_path / "by-host"
+    export(digits_bundle, host_out, build=("host", "cortex-m4"), tflm_tree=TREE,
+           tflm_oracle="host")
+    by_host = json.loads((host_out / "export.json").read_text())
+    assert by_host["parity"]["tflm"].startswith("TFLM built here")
+    assert by_host["parity"]["tflm_vs_litert_reference"]["top1_agreement"] == 1.0
+    assert "diverging_ops_not_checked" in by_host["parity"]
+    for t in ("host", "cortex-m4"):
+        assert by_host["build"][t]["self_test"] == "5 of 5"
+    # the same golden outputs from either TFLM; the arena on the host differs only by the recording allocator
+    assert (host_out / "digits_golden.h").read_text() == (out / "digits_golden.h").read_text()
+    assert 0.8 < by_host["arena_recorded_bytes"] / report["arena_recorded_bytes"] <= 1.0
+
+
+def test_a_model_tflm_aborts_on_is_one_line_naming_the_operator_and_why(tmp_path):
+    """keras.applications MobileNetV2 (alpha 0.35, 96x96, weights=None, full int8) took the export down
+    with SIGABRT and not a word: the tflite-micro package aborts on it. Now that is one line, the TFLM
+    built here is asked instead, and as real TFLM aborts too, the error names the operator and why."""
+    from build_model.tf import keras
+
+    keras.utils.set_random_seed(0)
+    net = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=2)
+    model = full_int8(net, tmp_path / "mobilenet_v2.tflite", 10)
+    r = subprocess.run([sys.executable, "-m", "firmware_export", str(model), "--out", str(tmp_path / "fw"),
+                        "--tflm-tree", str(TREE)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "crashed on this model (signal 6, SIGABRT): the TFLM built here" in lines[0]
+    softmax = [i for i, op in enumerate(_graph_ops({"source": str(model)})) if op == "SOFTMAX"][0]
+    assert lines[-1].startswith("firmware_export: error: TensorFlow Lite Micro (built here from the tree) cannot "
+                                f"run this model either: op {softmax} SOFTMAX: its input scale")
+    assert "calibrate on real samples" in lines[-1]
+    assert not (tmp_path / "fw").exists()  # nothing half written
