@@ -8,7 +8,9 @@ Rerun: .venv/bin/python bench/firmware_bench.py [BUNDLE]   (default out/digits)
 3. With a TFLM tree (../shared/third_party/tflm or TFLM_TREE): each model built with real TFLM
    for every Cortex-M target under QEMU, CMSIS-NN and reference kernels: whole-firmware flash and
    RAM from the link map, the emitted arena against the smallest measured there, instructions per
-   inference (a QEMU plugin: instructions, not cycles) and per multiply-accumulate.
+   inference (a QEMU plugin: instructions, not cycles) and per multiply-accumulate; the RAM against
+   what the same build needed with the fixed 16 KiB stack of before (the stack is now sized from
+   the run's high-water mark); the per-operator table of each model and core (CMSIS-NN).
    ``--quick`` builds cortex-m4 only.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from firmware_export import build as builder, hardware
+from firmware_export import build as builder, hardware, profile
 from firmware_export.export import export
 
 MLPERF = ROOT.parent / "shared" / "models" / "mlperf-tiny-ic" / "pretrainedResnet_quant.tflite"
@@ -34,21 +36,11 @@ TREE = ROOT.parent / "shared" / "third_party" / "tflm"
 
 
 def macs(model: Path) -> int:
-    """Multiply-accumulates of one inference: convolutions, depthwise convolutions, dense layers."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Multiply-accumulates of one inference (firmware_export.profile's count, summed over the graph)."""
+    from contract import tflite
+    from firmware_export.profile import macs as op_macs
 
-    it = Interpreter(model_path=str(model))
-    it.allocate_tensors()
-    shape = {t["index"]: t["shape"] for t in it.get_tensor_details()}
-    total = 0
-    for op in it._get_ops_details():
-        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-            continue
-        out, weights = np.prod(shape[op["outputs"][0]]), shape[op["inputs"][1]]
-        per_output = {"CONV_2D": np.prod(weights[1:]), "DEPTHWISE_CONV_2D": np.prod(weights[1:3]),
-                      "FULLY_CONNECTED": weights[-1]}[op["op_name"]]
-        total += int(out * per_output)
-    return total
+    return sum(op_macs(op) for op in tflite.read(model.read_bytes()).ops)
 
 
 def target_figures(label: str, model: Path, tmp: Path, tree: Path, targets: tuple[str, ...],
@@ -57,7 +49,9 @@ def target_figures(label: str, model: Path, tmp: Path, tree: Path, targets: tupl
     mac = macs(model if model.suffix == ".tflite" else model / "model.tflite")
     print(f"{label}: {mac:,} MACs per inference")
     print(f"  {'target':11s} {'kernels':9s} {'flash B':>8s} {'(TFLM':>7s} {'model)':>7s} {'RAM B':>7s} "
-          f"{'arena':>6s} {'min':>6s} {'+%':>5s} {'stack':>6s} {'instructions':>13s} {'per MAC':>8s}")
+          f"{'16K-stack RAM':>13s} {'x':>5s} {'arena':>6s} {'min':>6s} {'+%':>5s} {'stack':>6s} {'instructions':>13s} "
+          f"{'per MAC':>8s}")
+    tables = []
     for t in targets:
         counts = {}
         for kernels in ("cmsis-nn", "reference"):
@@ -67,8 +61,13 @@ def target_figures(label: str, model: Path, tmp: Path, tree: Path, targets: tupl
             m, p = b["memory"], b["probe"]
             insns = p["instructions_per_inference"]
             counts[kernels] = insns
+            # the RAM with the fixed 16 KiB stack (and no heap counted) every build had before the stack was sized
+            before = m["ram_bytes"] - m["ram"]["stack_reserved"] - m["ram"].get("heap", 0) + builder.STACK_BYTES
+            if kernels == "cmsis-nn" and "profile" in b:
+                tables.append(profile.table(b["profile"], f"{t} ({label})"))
             print(f"  {t:11s} {kernels:9s} {m['flash_bytes']:8d} {m['flash']['tflm']:7d} {m['flash']['model']:7d} "
-                  f"{m['ram_bytes']:7d} {r['arena_bytes']:6d} {p['arena_min_bytes']:6d} "
+                  f"{m['ram_bytes']:7d} {before:13d} {m['ram_bytes'] / before:5.2f} {r['arena_bytes']:6d} "
+                  f"{p['arena_min_bytes']:6d} "
                   f"{(r['arena_bytes'] / p['arena_min_bytes'] - 1) * 100:5.2f} {m.get('stack_used_bytes', 0):6d} "
                   f"{insns:13,d} {insns / mac:8.2f}")
         print(f"  {t}: reference kernels run {counts['reference'] / counts['cmsis-nn']:.1f}x the instructions "
@@ -76,6 +75,8 @@ def target_figures(label: str, model: Path, tmp: Path, tree: Path, targets: tupl
         e = builder.latency_estimate(counts["cmsis-nn"], hardware.reference_board(hardware.core(t)))
         print(f"  {t} CMSIS-NN on {e['board']} at {e['clock_mhz']:g} MHz: {e['ms_low']:.2f}-{e['ms_high']:.2f} ms "
               "estimated (1-2 cycles per instruction assumed)")
+    for text in tables:
+        print("\n".join("  " + line for line in text.splitlines()))
 
 
 def placement(obj: Path, symbol: str) -> tuple[str, int, int]:
@@ -138,12 +139,13 @@ def main() -> None:
         tmp = Path(tmp)
         if (tree / "tensorflow").is_dir():
             sys.path.insert(0, str(ROOT / "tests"))
-            from conftest import int8_autoencoder
+            from conftest import int8_autoencoder, int8_ds_cnn
 
             target_figures("digits", bundle, tmp, tree, targets)
             if MLPERF.is_file():
                 target_figures("resnet8", MLPERF, tmp, tree, targets)
             target_figures("autoencoder", int8_autoencoder(tmp / "ae.tflite"), tmp, tree, targets)
+            target_figures("kws_ds_cnn", int8_ds_cnn(tmp / "kws.tflite"), tmp, tree, targets)
         else:
             print(f"no TFLM tree at {tree}: the Cortex-M figures are left out (set TFLM_TREE)")
         export_figures("digits", bundle, tmp)

@@ -36,7 +36,8 @@ C_FLAGS = ["-std=c11", "-O2"]
 SKIP = re.compile(r"_test\.cc$|/examples/|/cmsis_nn/|/tools/|/testing/|benchmarks|test_helper|mock_micro_graph|"
                   r"fake_micro_context")
 KERNELS = ("reference", "cmsis-nn")
-STACK_BYTES = 16 * 1024  # the stack the linker script reserves at the top of RAM; the run reports its use
+STACK_BYTES = 16 * 1024  # the stack the first link reserves at the top of RAM; the run reports its use
+STACK_MARGIN = (1.25, 512, 256)  # the firmware's own stack: measured high-water x 1.25 + 512 B, up to 256 B
 RUN_TIMEOUT_S = 600
 TARGETS = tuple(hardware.CORES)  # --build
 
@@ -91,38 +92,51 @@ def _sources(tree: Path, kernels: str = "reference") -> list[Path]:
     return sorted(sources)
 
 
+# --size: TFLM and the firmware compiled for size, without TFLM's error strings (MicroPrintf in the
+# kernels compiles to nothing; the self-test still prints pass or fail through printf)
+SIZE_DEFINES = ["-DTF_LITE_STRIP_ERROR_STRINGS"]
+SIZE_OPT = "-Os"  # against -O2: bench/firmware_bench.py --size-opt measures both; the README says which won
+
+
 @dataclass(frozen=True)
 class Toolchain:
-    """The compilers and flags of one target and kernel choice."""
+    """The compilers and flags of one target and kernel choice; ``size``: the smallest build's flags."""
 
     platform: hardware.Core
     kernels: str
     cxx: str
     cc: str
+    size: bool = False
+    opt: str = SIZE_OPT  # with size
 
     @property
     def defines(self) -> list[str]:
-        return ["-DCMSIS_NN"] if self.kernels == "cmsis-nn" else []
+        return [*(["-DCMSIS_NN"] if self.kernels == "cmsis-nn" else []), *(SIZE_DEFINES if self.size else [])]
+
+    def _optimised(self, flags: list[str]) -> list[str]:
+        return [self.opt if f == "-O2" and self.size else f for f in flags]
 
     def cxx_flags(self) -> list[str]:
         mcu = [*self.platform.cpu_flags, *MCU_FLAGS, *CXX_MCU_FLAGS] if self.platform.is_mcu else []
-        return [*FLAGS, *mcu, *self.defines]
+        return self._optimised([*FLAGS, *mcu, *self.defines])
 
     def c_flags(self) -> list[str]:
         mcu = [*self.platform.cpu_flags, *MCU_FLAGS] if self.platform.is_mcu else []
-        return [*C_FLAGS, *mcu, *self.defines]
+        return self._optimised([*C_FLAGS, *mcu, *self.defines])
 
 
-def toolchain(target: str, kernels: str | None = None) -> Toolchain:
+def toolchain(target: str, kernels: str | None = None, size: bool = False, opt: str = SIZE_OPT) -> Toolchain:
     plat = hardware.core(target)
     kernels = kernels or plat.default_kernels
     if kernels not in KERNELS:
         raise ExportError(f"unknown kernels {kernels!r}: choose from {', '.join(KERNELS)}")
     if kernels == "cmsis-nn" and not plat.is_mcu:
         raise ExportError("CMSIS-NN kernels are for Arm Cortex-M: build host with --kernels reference")
+    if size and not plat.is_mcu:
+        raise ExportError("--size is for Cortex-M targets: the host build is the reference")
     if plat.is_mcu:
         return Toolchain(plat, kernels, _tool("arm-none-eabi-g++", "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
-                         _tool("arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi"))
+                         _tool("arm-none-eabi-gcc", "gcc-arm-none-eabi libnewlib-arm-none-eabi"), size, opt)
     return Toolchain(plat, kernels, _tool("g++", "g++"), _tool("gcc", "gcc"))
 
 
@@ -141,12 +155,12 @@ def library(tree: Path, tc: Toolchain | None = None, jobs: int | None = None, lo
     # the tree's own files by relative path and size, not where it sits: CI's copy hits the same cache
     key = hashlib.sha256("\n".join([*version, *tc.cxx_flags(), *tc.c_flags(),
                                     *(f"{p.relative_to(tree)}:{p.stat().st_size}" for p in sources)]).encode())
-    out = CACHE / f"{tc.platform.name}-{tc.kernels}-{key.hexdigest()[:16]}"
+    out = CACHE / f"{tc.platform.name}-{tc.kernels}{'-size' if tc.size else ''}-{key.hexdigest()[:16]}"
     lib = out / "libtflm.a"
     if lib.is_file():
         return lib
-    log(f"compiling TFLM for {tc.platform.name} with {tc.kernels} kernels ({len(sources)} sources) into {out}; "
-        "this takes a few minutes once")
+    log(f"compiling TFLM for {tc.platform.name} with {tc.kernels} kernels{' for size' if tc.size else ''} "
+        f"({len(sources)} sources) into {out}; this takes a few minutes once")
     objs = out / "obj"
     includes = _includes(tree, tc.kernels)
 
@@ -180,13 +194,14 @@ def _self_test(stdout: str) -> tuple[int, int] | None:
 
 
 def build(src_dir: Path, name: str, tree: Path, target: str = "host", kernels: str | None = None,
-          log=lambda *a: None) -> dict:
+          log=lambda *a: None, size: bool = False, opt: str = SIZE_OPT) -> dict:
     """Build main.cc and the model for a target against TFLM, run it, check its golden self-test.
 
     On a Cortex-M the result also holds whole-firmware flash and RAM from the link map, and what
-    the probe measured: the smallest arena there, and instructions per inference.
+    the probe measured: the smallest arena there, and instructions per inference. ``size``: the
+    smallest build (TFLM and main.cc for size, without error strings), in a folder of its own.
     """
-    tc = toolchain(target, kernels)
+    tc = toolchain(target, kernels, size, opt)
     lib = library(tree, tc, log=log)
     if not tc.platform.is_mcu:
         return _build_host(src_dir, name, tree, tc, lib)
@@ -207,7 +222,7 @@ def _build_host(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path) 
 def _compile_link(tc: Toolchain, sources: list[str], src_dir: Path, tree: Path, lib: Path, exe: Path,
                   link: list[str] = ()) -> None:
     """Each source to its own object in a build folder (so the link map names them), then one link."""
-    work = src_dir / f"build-{tc.platform.name}"
+    work = src_dir / f"build-{tc.platform.name}{'-size' if tc.size else ''}"
     work.mkdir(exist_ok=True)
     objects = []
     for source in map(Path, sources):
@@ -239,12 +254,19 @@ def _support(name: str) -> str:
     return resources.files("firmware_export").joinpath("baremetal", name).read_text()
 
 
-def _mcu_link_flags(tc: Toolchain, work: Path, map_file: Path) -> list[str]:
+def sized_stack(used: int) -> int:
+    """The stack a firmware is linked with once its run measured ``used`` bytes (the painted high-water
+    mark): STACK_MARGIN over it, never more than the first link's STACK_BYTES."""
+    factor, extra, step = STACK_MARGIN
+    return min(STACK_BYTES, -(-int(used * factor + extra) // step) * step)
+
+
+def _mcu_link_flags(tc: Toolchain, work: Path, map_file: Path, stack_bytes: int = STACK_BYTES) -> list[str]:
     plat = tc.platform
     script = work / f"{plat.name}.ld"
     script.write_text(Template(_support("link.ld.tmpl")).substitute(
         board=plat.note, flash_origin=hex(plat.flash[0]), flash_length=hex(plat.flash[1]),
-        ram_origin=hex(plat.ram[0]), ram_length=hex(plat.ram[1]), stack_bytes=STACK_BYTES))
+        ram_origin=hex(plat.ram[0]), ram_length=hex(plat.ram[1]), stack_bytes=stack_bytes))
     startup = work / "startup.o"
     if not startup.is_file():
         (work / "startup.c").write_text(_support("startup.c"))
@@ -274,28 +296,51 @@ def run_qemu(plat: hardware.Core, elf: Path, plugin: list[str] = ()) -> subproce
 def _build_mcu(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path, log) -> dict:
     plat = tc.platform
     t0 = time.monotonic()
-    work = src_dir / f"build-{plat.name}"
+    tag = f"{plat.name}-size" if tc.size else plat.name
+    work = src_dir / f"build-{tag}"
     work.mkdir(exist_ok=True)
-    elf = src_dir / f"{name}_{plat.name}.elf"
+    elf = src_dir / f"{name}_{tag}.elf"
     map_file = work / f"{name}.map"
-    _compile_link(tc, [str(src_dir / "main.cc"), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, elf,
-                  _mcu_link_flags(tc, work, map_file))
-    binary = elf.with_suffix(".bin")
-    subprocess.run([tc.cxx.replace("g++", "objcopy"), "-O", "binary", str(elf), str(binary)], check=True)
+    sources = [str(src_dir / "main.cc"), str(src_dir / f"{name}_model_data.cc")]
+    _compile_link(tc, sources, src_dir, tree, lib, elf, _mcu_link_flags(tc, work, map_file))
     log(f"running {elf.name} under qemu-system-arm -M {plat.machine}")
     run = run_qemu(plat, elf)
     _check_self_test(run.returncode, run.stdout, run.stderr, f"the {plat.name} firmware")
+    measured = _memory_used(run.stdout)
+    # link again with the stack it was measured to use (plus a margin) and run again: the firmware's
+    # RAM is then what it needs, not a 16 KiB guess; a stack that would not hold is never shipped
+    stack = sized_stack(measured[0]) if measured else STACK_BYTES
+    if stack < STACK_BYTES:
+        _compile_link(tc, sources, src_dir, tree, lib, elf, _mcu_link_flags(tc, work, map_file, stack))
+        run = run_qemu(plat, elf)
+        _check_self_test(run.returncode, run.stdout, run.stderr, f"the {plat.name} firmware with a {stack} B stack")
+        again = _memory_used(run.stdout)
+        if not again or again[0] > stack - 64:  # the paint below the high-water mark must be left
+            raise ExportError(f"the {plat.name} firmware used {again[0] if again else '?'} B of its {stack} B stack "
+                              "on the second run: the stack measurement does not hold")
+        measured = again
+    binary = elf.with_suffix(".bin")
+    subprocess.run([tc.cxx.replace("g++", "objcopy"), "-O", "binary", str(elf), str(binary)], check=True)
     passed = _self_test(run.stdout)
-    memory = firmware_memory(map_file.read_text(), _symbol_sizes(tc, elf), name)
-    used = re.search(r"tinysense-startup: stack (\d+) B, heap (\d+) B", run.stdout)
-    if used:
-        memory["stack_used_bytes"], memory["heap_used_bytes"] = int(used.group(1)), int(used.group(2))
+    memory = firmware_memory(map_file.read_text(), _symbol_sizes(tc, elf), name, stack)
+    if measured:
+        memory["stack_used_bytes"], memory["heap_used_bytes"] = measured
+        memory["ram"]["heap"] = measured[1]
+        memory["ram_bytes"] = sum(memory["ram"].values())
+    memory["stack_sizing"] = {"first_link_bytes": STACK_BYTES, "margin": "the run's high-water mark x 1.25 + 512 B, "
+                              "rounded up to 256 B", "bytes": stack}
     lines = [ln for ln in run.stdout.splitlines() if not ln.startswith("tinysense-startup:")]
     result = {"target": plat.name, "board": plat.note, "kernels": tc.kernels, "program": elf.name,
               "binary": binary.name, "self_test": f"{passed[0]} of {passed[1]}", "memory": memory,
               "output": lines[:12]}
     result["link_and_run_seconds"] = round(time.monotonic() - t0, 2)
     return result
+
+
+def _memory_used(stdout: str) -> tuple[int, int] | None:
+    """(stack, heap) bytes the run reports having used (the start-up code's painted high-water mark)."""
+    used = re.search(r"tinysense-startup: stack (\d+) B, heap (\d+) B", stdout)
+    return (int(used.group(1)), int(used.group(2))) if used else None
 
 
 def _symbol_sizes(tc: Toolchain, elf: Path) -> dict[str, int]:
@@ -313,7 +358,7 @@ MAP_LINE = re.compile(r"^ (\.\S+)?\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S.*)$")
 FLASH_ONLY = (".text", ".ARM.extab", ".ARM.exidx", ".preinit_array", ".init_array", ".fini_array")
 
 
-def firmware_memory(map_text: str, symbols: dict[str, int], name: str) -> dict:
+def firmware_memory(map_text: str, symbols: dict[str, int], name: str, stack_bytes: int = STACK_BYTES) -> dict:
     """Whole-firmware flash and RAM from a GNU ld map, split into the TFLM runtime, the model array,
     the tensor arena, the C library and the rest (main.cc, start-up)."""
     body = map_text.split("Linker script and memory map", 1)[-1]
@@ -347,7 +392,7 @@ def firmware_memory(map_text: str, symbols: dict[str, int], name: str) -> dict:
     parts["arena"][1] = arena
     flash = {k: v[0] for k, v in parts.items()}
     ram = {k: v[1] for k, v in parts.items()}
-    ram["stack_reserved"] = STACK_BYTES
+    ram["stack_reserved"] = stack_bytes
     return {"flash_bytes": sum(flash.values()), "ram_bytes": sum(ram.values()), "flash": flash, "ram": ram}
 
 
@@ -368,17 +413,17 @@ def _plugin() -> Path:
 
 
 def probe(src_dir: Path, name: str, tree: Path, target: str, emitted: int, kernels: str | None = None,
-          log=lambda *a: None) -> dict:
+          log=lambda *a: None, size: bool = False, opt: str = SIZE_OPT) -> dict:
     """The smallest arena that allocates on this Cortex-M target (bisected in one run, around the
     ``emitted`` host figure in bytes), the golden inputs at exactly that size, and the instructions
     of one inference and of each operator (a QEMU plugin; not cycles). An attempt at which TFLM
     aborts counts as too small; one that faults the core ends the run, which starts again above it."""
-    tc = toolchain(target, kernels)
+    tc = toolchain(target, kernels, size, opt)
     plat = tc.platform
     if not plat.is_mcu:
         raise ExportError(f"the arena probe runs on a Cortex-M target, not {target}")
     lib = library(tree, tc, log=log)
-    work = src_dir / f"build-{plat.name}"
+    work = src_dir / f"build-{plat.name}{'-size' if size else ''}"
     work.mkdir(exist_ok=True)
     arena_max = min(max(4 * emitted, emitted + 64 * 1024), plat.ram[1] // 2)
     low, low_fails = max(1024, emitted // 4), False

@@ -37,6 +37,11 @@ def parser() -> argparse.ArgumentParser:
                         "repeatable. host: this machine's g++; cortex-m4, cortex-m7, cortex-m55: Arm's MPS2/MPS3 "
                         "boards under qemu-system-arm, which also measure the smallest arena there (emitted "
                         "plus 1%%), whole-firmware flash and RAM, and instructions per inference. Needs --tflm-tree")
+    p.add_argument("--size", action="store_true",
+                   help="with a Cortex-M --build: also build the smallest firmware that still passes its self-test "
+                        "(TFLM and main.cc for size without TFLM's error strings, a library of its own compiled once; "
+                        "the stack sized from its run) and print its flash, RAM and instructions beside the full "
+                        "build's")
     p.add_argument("--kernels", choices=KERNELS,
                    help="TFLM kernels on a Cortex-M target (default cmsis-nn; the host builds reference)")
     p.add_argument("--tflm", choices=("auto", "package", "host"), default="auto",
@@ -70,7 +75,7 @@ def export_from(args) -> int:
                     ram_kb=args.ram_kb, force=args.force, compile_check=not args.no_compile,
                     margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
                     tflm_tree=args.tflm_tree, kernels=args.kernels, log=lambda *a: print(*a, file=sys.stderr),
-                    tflm_oracle=args.tflm)
+                    tflm_oracle=args.tflm, size=args.size)
     _summary(result)
     return 0
 
@@ -96,7 +101,8 @@ def _board_project(args) -> int:
         result = export(args.model, Path(tmp) / "src", name=args.name, target=args.target or b.name,
                         flash_kb=args.flash_kb, ram_kb=args.ram_kb, compile_check=not args.no_compile,
                         margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
-                        tflm_tree=args.tflm_tree, kernels=args.kernels, log=log, tflm_oracle=args.tflm)
+                        tflm_tree=args.tflm_tree, kernels=args.kernels, log=log, tflm_oracle=args.tflm,
+                        size=args.size)
         with output.staged() as stage:
             project = boards.write_project(result.out, stage, result.report["name"], args.layout, b.project)
             relative = project.relative_to(stage)
@@ -134,8 +140,9 @@ def _summary(result) -> None:
             m = b["memory"]
             print(f"    whole firmware: flash {m['flash_bytes']} B (TFLM {m['flash']['tflm']}, model "
                   f"{m['flash']['model']}, C library {m['flash']['libc']}, rest {m['flash']['rest']}), RAM "
-                  f"{m['ram_bytes']} B (arena {m['ram']['arena']}, stack reserve {m['ram']['stack_reserved']}, "
-                  f"TFLM {m['ram']['tflm']}, rest {m['ram']['libc'] + m['ram']['rest']})")
+                  f"{m['ram_bytes']} B (arena {m['ram']['arena']}, stack {m['ram']['stack_reserved']} sized from "
+                  f"{m.get('stack_used_bytes', '?')} used, heap {m['ram'].get('heap', '?')}, TFLM {m['ram']['tflm']}, "
+                  f"rest {m['ram']['libc'] + m['ram']['rest']})")
         if "probe" in b:
             p = b["probe"]
             insns = p["instructions_per_inference"]
@@ -146,6 +153,14 @@ def _summary(result) -> None:
             from .profile import table
 
             print("\n".join("    " + line for line in table(b["profile"], target).splitlines()))
+        if "size" in b:
+            z, v = b["size"], b["size"]["versus_full"]
+            m = z["memory"]
+            insns = f"{z['instructions_per_inference']} instructions ({(v['instructions'] - 1) * 100:+.1f}%)" \
+                if v["instructions"] else "instructions unknown"
+            print(f"    smallest build ({', '.join(z['flags'])}, stack sized): self-test {z['self_test']}; flash "
+                  f"{m['flash_bytes']} B ({v['flash']:.2f}x; TFLM {m['flash']['tflm']}), RAM {m['ram_bytes']} B "
+                  f"({v['ram']:.2f}x), {insns}")
         if "latency_estimate" in b:
             e = b["latency_estimate"]
             print(f"    estimated latency on {e['board']} at {e['clock_mhz']:g} MHz: {e['ms_low']:.2f} to "

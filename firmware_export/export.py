@@ -151,7 +151,7 @@ def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, ta
            flash_kb: int | None = None, ram_kb: int | None = None, force: bool = False, compile_check: bool = True,
            build: tuple = (), tflm_tree=None, kernels: str | None = None, log=lambda *a: None,
            margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None,
-           tflm_oracle: str = "auto") -> ExportResult:
+           tflm_oracle: str = "auto", size: bool = False, size_opt: str | None = None) -> ExportResult:
     board = hardware.preset(target) if target is not None else None
     output = out if isinstance(out, atomic.OutputDir) else atomic.OutputDir(out, force)  # the one check
     src = read_source(path)
@@ -222,7 +222,9 @@ def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, ta
             report["flash_bytes"] = None
         if build:
             _build(stage, ident, cfg, source_name, report, build, kernels, tflm_tree, log,
-                   board, info)
+                   board, info, size, size_opt)
+        elif size:
+            raise ExportError("--size builds the smallest firmware: give it with --build cortex-m4 (or another core)")
         _check_budget(report, target, flash_kb, ram_kb)
         (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(output.path, report)
@@ -235,7 +237,7 @@ def measured_arena(min_bytes: int) -> int:
 
 def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, report: dict, targets: tuple,
            kernels: str | None, tflm_tree, log, target_board: hardware.Board | None = None,
-           info: tflite.ModelInfo | None = None) -> None:
+           info: tflite.ModelInfo | None = None, size: bool = False, size_opt: str | None = None) -> None:
     """Probe every Cortex-M target for its smallest arena and its per-operator cost, emit the 32-bit
     arena from that, then build and run the firmware on each target with the emitted figure."""
     from . import build as builder, profile
@@ -281,6 +283,9 @@ def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, repo
             result["probe"] = probes[t]
             if t in profiles:
                 result["profile"] = profiles[t]
+            if size:
+                result["size"] = _size_build(stage, ident, tree, t, kernels, cfg.arena_bytes, result, log,
+                                             size_opt or builder.SIZE_OPT)
             insns = probes[t]["instructions_per_inference"]
             # the --target board's own clock when its core is this one, else a common board with this core
             own = target_board is not None and target_board.cpu == t and not target_board.stands_in
@@ -288,6 +293,26 @@ def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, repo
             if insns:
                 result["latency_estimate"] = builder.latency_estimate(insns, at)
         report["build"][t] = result
+
+
+def _size_build(stage: Path, ident: str, tree, target: str, kernels: str | None, arena: int, full: dict, log,
+                opt: str) -> dict:
+    """--size: the same firmware with TFLM and main.cc compiled for size without TFLM's error strings
+    (its own library, cached), its stack sized from its own run; it must pass its self-test, and its
+    probe counts its instructions. Figures beside the full build's."""
+    from . import build as builder
+
+    log(f"building the smallest firmware for {target} ({opt}, {' '.join(builder.SIZE_DEFINES)})")
+    p = builder.probe(stage, ident, tree, target, arena, kernels, log=log, size=True, opt=opt)
+    b = builder.build(stage, ident, tree, target, kernels, log=log, size=True, opt=opt)
+    mem, was = b["memory"], full["memory"]
+    insns, before = p["instructions_per_inference"], full["probe"]["instructions_per_inference"]
+    return {"flags": [opt, *builder.SIZE_DEFINES], "program": b["program"], "binary": b["binary"],
+            "self_test": b["self_test"], "memory": mem, "arena_min_bytes": p["arena_min_bytes"],
+            "instructions_per_inference": insns,
+            "versus_full": {"flash": round(mem["flash_bytes"] / was["flash_bytes"], 4),
+                            "ram": round(mem["ram_bytes"] / was["ram_bytes"], 4),
+                            "instructions": round(insns / before, 4) if insns and before else None}}
 
 
 def _whole_firmware(report: dict, target: str | None) -> tuple[str, dict] | None:
