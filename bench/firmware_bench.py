@@ -10,8 +10,16 @@ Rerun: .venv/bin/python bench/firmware_bench.py [BUNDLE]   (default out/digits)
    RAM from the link map, the emitted arena against the smallest measured there, instructions per
    inference (a QEMU plugin: instructions, not cycles) and per multiply-accumulate; the RAM against
    what the same build needed with the fixed 16 KiB stack of before (the stack is now sized from
-   the run's high-water mark); the per-operator table of each model and core (CMSIS-NN).
-   ``--quick`` builds cortex-m4 only.
+   the run's high-water mark); the per-operator table of each model and core (CMSIS-NN); the
+   smallest build (--size) beside the full one: flash, RAM and instructions, and their ratios.
+   ``--quick`` builds cortex-m4 only; ``--size-opt`` adds digits' smallest build with every
+   optimisation choice (the runtime at -Os and the kernels at -O2, the default; all -O2; all -Os).
+   Where our arena plan is used, the same model is built again with TFLM's greedy plan
+   (--arena-plan greedy), and the arena each needs on each core is printed side by side.
+   The models: digits, the MLPerf Tiny ResNet-8 (../shared), our autoencoder, a DS-CNN of the
+   MLPerf KWS shape, build_model's MobileNet-style net at 96x96x3 (a visual wake words size) and
+   keras.applications MobileNetV2 (alpha 0.35, 96x96; untrained, so its logits: an untrained
+   SOFTMAX's input scale is below what TFLM's int8 softmax takes, and TFLM refuses it).
 """
 
 from __future__ import annotations
@@ -44,19 +52,27 @@ def macs(model: Path) -> int:
 
 
 def target_figures(label: str, model: Path, tmp: Path, tree: Path, targets: tuple[str, ...],
-                   inputs: Path | None = None) -> None:
+                   inputs: Path | None = None, size_opts: tuple[str, ...] = (builder.SIZE_OPT,)) -> None:
     """Built and run on each Cortex-M target with CMSIS-NN and reference kernels, side by side."""
     mac = macs(model if model.suffix == ".tflite" else model / "model.tflite")
     print(f"{label}: {mac:,} MACs per inference")
     print(f"  {'target':11s} {'kernels':9s} {'flash B':>8s} {'(TFLM':>7s} {'model)':>7s} {'RAM B':>7s} "
           f"{'16K-stack RAM':>13s} {'x':>5s} {'arena':>6s} {'min':>6s} {'+%':>5s} {'stack':>6s} {'instructions':>13s} "
           f"{'per MAC':>8s}")
-    tables = []
+    tables, smallest, plans = [], [], []
     for t in targets:
         counts = {}
         for kernels in ("cmsis-nn", "reference"):
-            r = export(model, tmp / f"{label}_{t}_{kernels}", name=label, inputs=inputs, build=(t,),
-                       kernels=kernels, tflm_tree=tree, force=True).report
+            for opt in size_opts if kernels == "cmsis-nn" else (None,):
+                r = export(model, tmp / f"{label}_{t}_{kernels}", name=label, inputs=inputs, build=(t,),
+                           kernels=kernels, tflm_tree=tree, force=True, size=opt is not None, size_opt=opt).report
+                if opt:
+                    smallest.append((t, opt, r["build"][t]))
+            if kernels == "cmsis-nn" and r["arena_plan"].get("used"):
+                g = export(model, tmp / f"{label}_{t}_greedy", name=label, inputs=inputs, build=(t,),
+                           kernels=kernels, tflm_tree=tree, force=True, plan="greedy").report
+                plans.append((t, r["arena_plan"], r["build"][t]["probe"]["arena_min_bytes"],
+                              g["build"][t]["probe"]["arena_min_bytes"]))
             b = r["build"][t]
             m, p = b["memory"], b["probe"]
             insns = p["instructions_per_inference"]
@@ -75,6 +91,28 @@ def target_figures(label: str, model: Path, tmp: Path, tree: Path, targets: tupl
         e = builder.latency_estimate(counts["cmsis-nn"], hardware.reference_board(hardware.core(t)))
         print(f"  {t} CMSIS-NN on {e['board']} at {e['clock_mhz']:g} MHz: {e['ms_low']:.2f}-{e['ms_high']:.2f} ms "
               "estimated (1-2 cycles per instruction assumed)")
+    print("  the smallest build (--size: no error strings, the stack sized from the run) against the full one:")
+    print(f"  {'target':11s} {'runtime/kernels':15s} {'flash B':>8s} {'x':>5s} {'RAM B':>7s} {'x':>5s} "
+          f"{'vs 16K-stack':>12s} {'instructions':>13s} {'+%':>6s}")
+    for t, opt, b in smallest:
+        small, m = b["size"], b["memory"]
+        before = m["ram_bytes"] - m["ram"]["stack_reserved"] - m["ram"].get("heap", 0) + builder.STACK_BYTES
+        how = {"-Os": "-Os/-O2", "-O2": "-O2/-O2", "-Os-all": "-Os/-Os"}.get(opt, opt)
+        v = small["versus_full"]
+        print(f"  {t:11s} {how:15s} {small['memory']['flash_bytes']:8d} {v['flash']:5.3f} "
+              f"{small['memory']['ram_bytes']:7d} {v['ram']:5.3f} {small['memory']['ram_bytes'] / before:12.3f} "
+              f"{small['instructions_per_inference']:13,d} {(v['instructions'] - 1) * 100:+6.2f}")
+    if plans:
+        print("  our arena plan (OfflineMemoryAllocation) against TFLM's greedy plan, the smallest arena TFLM "
+              "allocates in on the core:")
+        print(f"  {'target':11s} {'activations':>11s} {'greedy':>7s} {'bound':>7s} {'x':>5s}   {'arena':>7s} "
+              f"{'greedy':>7s} {'x':>5s}")
+        for t, ap, mine, theirs in plans:
+            print(f"  {t:11s} {ap['bytes']:11d} {ap['greedy_bytes']:7d} {ap['lower_bound_bytes']:7d} "
+                  f"{ap['versus_greedy']:5.3f}   {mine:7d} {theirs:7d} {mine / theirs:5.3f}")
+    else:
+        print("  arena plan: TFLM's own on every core (ours is no better: "
+              f"{r['arena_plan'].get('why', 'not planned')})")
     for text in tables:
         print("\n".join("  " + line for line in text.splitlines()))
 
@@ -130,6 +168,19 @@ def export_figures(name: str, path: Path, tmp: Path, inputs: Path | None = None)
           f"(+{(r['flash_bytes'] / r['model_bytes'] - 1) * 100:.3f}%, target <= 1%)")
 
 
+def mobilenet_v2(path: Path) -> Path:
+    """keras.applications MobileNetV2, alpha 0.35, 96x96x3, untrained, full int8, ending in its logits."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import full_int8
+
+    from build_model.tf import keras
+
+    keras.utils.set_random_seed(0)
+    net = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=2,
+                                         classifier_activation=None)
+    return full_int8(net, path, 10)
+
+
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     bundle = Path(args[0]) if args else ROOT / "out" / "digits"
@@ -139,13 +190,16 @@ def main() -> None:
         tmp = Path(tmp)
         if (tree / "tensorflow").is_dir():
             sys.path.insert(0, str(ROOT / "tests"))
-            from conftest import int8_autoencoder, int8_ds_cnn
+            from conftest import int8_autoencoder, int8_ds_cnn, int8_mobilenet
 
-            target_figures("digits", bundle, tmp, tree, targets)
+            opts = ("-Os", "-O2", "-Os-all") if "--size-opt" in sys.argv else (builder.SIZE_OPT,)
+            target_figures("digits", bundle, tmp, tree, targets, size_opts=opts)
             if MLPERF.is_file():
                 target_figures("resnet8", MLPERF, tmp, tree, targets)
             target_figures("autoencoder", int8_autoencoder(tmp / "ae.tflite"), tmp, tree, targets)
             target_figures("kws_ds_cnn", int8_ds_cnn(tmp / "kws.tflite"), tmp, tree, targets)
+            target_figures("mobilenet_96", int8_mobilenet(tmp / "mobilenet.tflite", 96), tmp, tree, targets)
+            target_figures("mobilenet_v2", mobilenet_v2(tmp / "mobilenet_v2.tflite"), tmp, tree, targets)
         else:
             print(f"no TFLM tree at {tree}: the Cortex-M figures are left out (set TFLM_TREE)")
         export_figures("digits", bundle, tmp)

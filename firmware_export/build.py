@@ -92,10 +92,63 @@ def _sources(tree: Path, kernels: str = "reference") -> list[Path]:
     return sorted(sources)
 
 
-# --size: TFLM and the firmware compiled for size, without TFLM's error strings (MicroPrintf in the
-# kernels compiles to nothing; the self-test still prints pass or fail through printf)
+# A library of only the kernels the model's resolver registers: TFLM's runtime, the file that defines
+# each Register_* the resolver's Add methods call, and what those files need, followed through their
+# includes of TFLM's kernel headers (conv.h -> conv.cc, conv_common.cc) and their calls of CMSIS-NN
+# functions (arm_convolve_wrapper_s8 -> the .c file that defines it); the other kernels are never compiled.
+KERNEL_PARTS = ("tensorflow/lite/micro/kernels/", "third_party/cmsis_nn/", "signal/")
+HOT_PARTS = (*KERNEL_PARTS, "tensorflow/lite/kernels/")  # what runs in every inference: -O2 in --size too
+RESOLVER_ADD = re.compile(r"resolver\.(Add\w+)\(")
+REGISTER_DEF = re.compile(r"\b(Register_\w+)\(\)\s*\{")
+INCLUDE = re.compile(r'^#include "((?:tensorflow/lite/micro/kernels|signal)/[\w/]+)\.h"', re.M)
+ARM_CALL = re.compile(r"\b(arm_\w+)\s*\(")
+ARM_DEF = re.compile(r"^[A-Za-z_][\w \*]*?\b(arm_\w+)\s*\(", re.M)
+
+
+def resolver_ops(ops_header: Path) -> list[str]:
+    """The MicroMutableOpResolver methods a generated ``*_model_ops.h`` calls (AddConv2D, ...)."""
+    return RESOLVER_ADD.findall(ops_header.read_text())
+
+
+def _needed(tree: Path, sources: list[Path], methods: list[str], also: tuple[str, ...] = ()) -> list[Path]:
+    """The sources a program needs whose resolver calls these Add methods: the runtime, and each
+    registered kernel with what it includes and calls (see KERNEL_PARTS); ``also``: more sources
+    (paths in the tree) to take with theirs."""
+    header = (tree / "tensorflow" / "lite" / "micro" / "micro_mutable_op_resolver.h").read_text()
+    bodies = dict(zip(*(lambda m: ([x.group(1) for x in m], [header[a.end():b.start() if b else None]
+                                                           for a, b in zip(m, [*m[1:], None])]))(
+        list(re.finditer(r"TfLiteStatus (Add\w+)\(", header)))))
+    unknown = [m for m in methods if m not in bodies]
+    if unknown:
+        raise ExportError(f"TFLM's MicroMutableOpResolver in {tree} has no {', '.join(unknown)}: "
+                          "this tree is older than the operators the model uses")
+    text = {p: p.read_text(errors="replace") for p in sources}
+    by_rel = {p.relative_to(tree).as_posix(): p for p in sources}
+    defines = {name: p for p, t in text.items() if p.suffix == ".cc" for name in REGISTER_DEF.findall(t)}
+    arm = {name: p for p, t in text.items() if p.suffix == ".c" for name in ARM_DEF.findall(t)}
+    kernel = {p for p in sources if p.relative_to(tree).as_posix().startswith(KERNEL_PARTS)}
+    todo = [p for p in sources if p not in kernel]
+    todo += [defines[r] for m in methods for r in re.findall(r"\b(Register_\w+)\(", bodies[m]) if r in defines]
+    todo += [by_rel[a] for a in also if a in by_rel]
+    chosen: set[Path] = set()
+    while todo:
+        p = todo.pop()
+        if p in chosen:
+            continue
+        chosen.add(p)
+        for inc in INCLUDE.findall(text[p]):
+            todo += [by_rel[f] for f in (f"{inc}.cc", f"{inc}_common.cc") if f in by_rel]
+        todo += [arm[f] for f in ARM_CALL.findall(text[p]) if f in arm]
+    return sorted(chosen)
+
+
+# --size: without TFLM's error strings (MicroPrintf in the kernels compiles to nothing; the self-test
+# still prints pass or fail through printf), and the code that runs once (TFLM's runtime: parsing the
+# flatbuffer, planning and allocating the arena; main.cc) compiled for size while the kernels and the
+# quantization arithmetic they call (HOT_PARTS), where an inference spends its instructions, keep -O2.
+# bench/firmware_bench.py --size-opt measures this against all -O2 and all -Os (the README has the figures).
 SIZE_DEFINES = ["-DTF_LITE_STRIP_ERROR_STRINGS"]
-SIZE_OPT = "-Os"  # against -O2: bench/firmware_bench.py --size-opt measures both; the README says which won
+SIZE_OPT = "-Os"  # the runtime's and main.cc's; "-Os-all" puts the kernels at -Os too
 
 
 @dataclass(frozen=True)
@@ -113,16 +166,18 @@ class Toolchain:
     def defines(self) -> list[str]:
         return [*(["-DCMSIS_NN"] if self.kernels == "cmsis-nn" else []), *(SIZE_DEFINES if self.size else [])]
 
-    def _optimised(self, flags: list[str]) -> list[str]:
-        return [self.opt if f == "-O2" and self.size else f for f in flags]
+    def _optimised(self, flags: list[str], kernel: bool) -> list[str]:
+        opt = "-Os" if self.opt == "-Os-all" else "-O2" if kernel else self.opt
+        return [opt if f == "-O2" and self.size else f for f in flags]
 
-    def cxx_flags(self) -> list[str]:
+    def cxx_flags(self, kernel: bool = False) -> list[str]:
+        """The C++ flags; ``kernel``: for a kernel's source (the smallest build keeps them fast)."""
         mcu = [*self.platform.cpu_flags, *MCU_FLAGS, *CXX_MCU_FLAGS] if self.platform.is_mcu else []
-        return self._optimised([*FLAGS, *mcu, *self.defines])
+        return self._optimised([*FLAGS, *mcu, *self.defines], kernel)
 
-    def c_flags(self) -> list[str]:
+    def c_flags(self, kernel: bool = False) -> list[str]:
         mcu = [*self.platform.cpu_flags, *MCU_FLAGS] if self.platform.is_mcu else []
-        return self._optimised([*C_FLAGS, *mcu, *self.defines])
+        return self._optimised([*C_FLAGS, *mcu, *self.defines], kernel)
 
 
 def toolchain(target: str, kernels: str | None = None, size: bool = False, opt: str = SIZE_OPT) -> Toolchain:
@@ -147,40 +202,80 @@ def _tool(name: str, package: str) -> str:
     return path
 
 
-def library(tree: Path, tc: Toolchain | None = None, jobs: int | None = None, log=lambda *a: None) -> Path:
-    """libtflm.a for this tree, target, kernels and flags, compiled once (minutes) and cached."""
+@dataclass(frozen=True)
+class Library:
+    """A libtflm.a and how much of the tree went into it: ``sources`` of the ``of`` the full library
+    has; ``ops`` and ``also``: what it was chosen for (None: every kernel)."""
+
+    path: Path
+    sources: int
+    of: int
+    ops: tuple[str, ...] | None = None
+    also: tuple[str, ...] = ()
+
+    @property
+    def whole(self) -> bool:
+        return self.sources == self.of
+
+
+def library(tree: Path, tc: Toolchain | None = None, ops: list[str] | None = None, jobs: int | None = None,
+            log=lambda *a: None, also: tuple[str, ...] = ()) -> Library:
+    """libtflm.a for this tree, target, kernels and flags: with ``ops`` (resolver Add methods), TFLM's
+    runtime and only the kernels they register (see KERNEL_PARTS); without, every kernel. Each object
+    is compiled once (the whole tree takes minutes on 2 cores) and cached for every later library."""
     tc = tc or toolchain("host")
     sources = _sources(tree, tc.kernels)
     version = subprocess.run([tc.cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     # the tree's own files by relative path and size, not where it sits: CI's copy hits the same cache
-    key = hashlib.sha256("\n".join([*version, *tc.cxx_flags(), *tc.c_flags(),
+    split = [*HOT_PARTS, *tc.cxx_flags(True), *tc.c_flags(True)] if tc.size else []  # which files get which flags
+    key = hashlib.sha256("\n".join([*version, *tc.cxx_flags(), *tc.c_flags(), *split,
                                     *(f"{p.relative_to(tree)}:{p.stat().st_size}" for p in sources)]).encode())
     out = CACHE / f"{tc.platform.name}-{tc.kernels}{'-size' if tc.size else ''}-{key.hexdigest()[:16]}"
-    lib = out / "libtflm.a"
-    if lib.is_file():
+    chosen = sources if ops is None else _needed(tree, sources, ops, also)
+    part = "all" if len(chosen) == len(sources) else \
+        hashlib.sha256("\n".join(p.relative_to(tree).as_posix() for p in chosen).encode()).hexdigest()[:12]
+    lib = Library(out / f"lib-{part}" / "libtflm.a", len(chosen), len(sources), None if ops is None else tuple(ops),
+                  tuple(also))
+    if lib.path.is_file():
         return lib
-    log(f"compiling TFLM for {tc.platform.name} with {tc.kernels} kernels{' for size' if tc.size else ''} "
-        f"({len(sources)} sources) into {out}; this takes a few minutes once")
     objs = out / "obj"
+    todo = [p for p in chosen if not (objs / p.relative_to(tree).with_suffix(".o")).is_file()]
+    if todo:
+        log(f"compiling TFLM for {tc.platform.name} with {tc.kernels} kernels{' for size' if tc.size else ''} "
+            f"({len(todo)} of its {len(sources)} sources{'' if ops is None else ', the kernels this model uses'}) "
+            f"into {out}; cached after this once")
     includes = _includes(tree, tc.kernels)
 
-    def one(src: Path) -> Path:
+    def one(src: Path) -> None:
         obj = objs / src.relative_to(tree).with_suffix(".o")
         obj.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [tc.cc, *tc.c_flags()] if src.suffix == ".c" else [tc.cxx, *tc.cxx_flags()]
-        r = subprocess.run([*cmd, *includes, "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
+        kernel = src.relative_to(tree).as_posix().startswith(HOT_PARTS)
+        cmd = [tc.cc, *tc.c_flags(kernel)] if src.suffix == ".c" else [tc.cxx, *tc.cxx_flags(kernel)]
+        tmp = obj.with_suffix(f".{os.getpid()}.tmp")
+        r = subprocess.run([*cmd, *includes, "-c", str(src), "-o", str(tmp)], capture_output=True, text=True)
         if r.returncode:
+            tmp.unlink(missing_ok=True)
             raise ExportError(f"compiling TFLM's {src.relative_to(tree)} for {tc.platform.name} failed: "
                               f"{_first_error(r.stderr)}")
-        return obj
+        os.replace(tmp, obj)  # a cached object is always whole
     with ThreadPoolExecutor(jobs or os.cpu_count() or 2) as pool:
-        built = list(pool.map(one, sources))
+        list(pool.map(one, todo))
     ar = tc.cxx.replace("g++", "ar") if tc.platform.is_mcu else "ar"
-    tmp = out / "libtflm.a.tmp"
+    lib.path.parent.mkdir(exist_ok=True)
+    tmp = lib.path.with_suffix(f".{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    subprocess.run([ar, "rcs", str(tmp), *map(str, built)], check=True)
-    os.replace(tmp, lib)
+    subprocess.run([ar, "rcs", str(tmp), *(str(objs / p.relative_to(tree).with_suffix(".o")) for p in chosen)],
+                   check=True)
+    os.replace(tmp, lib.path)
     return lib
+
+
+def _naming(tree: Path, kernels: str, symbols: list[str]) -> list[str]:
+    """The kernel sources (paths in the tree) that name any of these functions the linker missed."""
+    names = {re.sub(r"[<(].*", "", s).split("::")[-1] for s in symbols}  # tflite::Register_X() -> Register_X
+    pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(names))) + r")\s*\(")
+    kernel = [p for p in _sources(tree, kernels) if p.relative_to(tree).as_posix().startswith(KERNEL_PARTS)]
+    return [p.relative_to(tree).as_posix() for p in kernel if pattern.search(p.read_text(errors="replace"))]
 
 
 def _first_error(text: str) -> str:
@@ -202,26 +297,31 @@ def build(src_dir: Path, name: str, tree: Path, target: str = "host", kernels: s
     smallest build (TFLM and main.cc for size, without error strings), in a folder of its own.
     """
     tc = toolchain(target, kernels, size, opt)
-    lib = library(tree, tc, log=log)
+    lib = library(tree, tc, resolver_ops(src_dir / f"{name}_model_ops.h"), log=log)
     if not tc.platform.is_mcu:
-        return _build_host(src_dir, name, tree, tc, lib)
+        return _build_host(src_dir, name, tree, tc, lib, log)
     return _build_mcu(src_dir, name, tree, tc, lib, log)
 
 
-def _build_host(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path) -> dict:
+def _build_host(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Library, log) -> dict:
     exe = src_dir / f"{name}_host"
     t0 = time.monotonic()
-    _compile_link(tc, [str(src_dir / "main.cc"), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, exe)
+    lib = _compile_link(tc, [str(src_dir / "main.cc"), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib,
+                        exe, log=log)
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     _check_self_test(run.returncode, run.stdout, run.stderr, "the host program")
     passed = _self_test(run.stdout)
-    return {"target": "host", "kernels": tc.kernels, "program": exe.name, "self_test": f"{passed[0]} of {passed[1]}",
+    return {"target": "host", "kernels": tc.kernels, "tflm_sources": f"{lib.sources} of {lib.of}", "program": exe.name,
+            "self_test": f"{passed[0]} of {passed[1]}",
             "link_and_run_seconds": round(time.monotonic() - t0, 2), "output": run.stdout.splitlines()[:12]}
 
 
-def _compile_link(tc: Toolchain, sources: list[str], src_dir: Path, tree: Path, lib: Path, exe: Path,
-                  link: list[str] = ()) -> None:
-    """Each source to its own object in a build folder (so the link map names them), then one link."""
+def _compile_link(tc: Toolchain, sources: list[str], src_dir: Path, tree: Path, lib: Library, exe: Path,
+                  link: list[str] = (), log=lambda *a: None) -> Library:
+    """Each source to its own object in a build folder (so the link map names them), then one link.
+    Should a kernels-only library miss a TFLM function after all, the kernel sources that name it are
+    added and the link done again (said in one line), then against the whole library; the library
+    the program was linked against is returned."""
     work = src_dir / f"build-{tc.platform.name}{'-size' if tc.size else ''}"
     work.mkdir(exist_ok=True)
     objects = []
@@ -233,11 +333,24 @@ def _compile_link(tc: Toolchain, sources: list[str], src_dir: Path, tree: Path, 
             raise ExportError(f"{Path(tc.cxx).name} could not compile {source.name} against TFLM for "
                               f"{tc.platform.name}: {_first_error(r.stderr)}")
         objects.append(str(obj))
-    r = subprocess.run([tc.cxx, *tc.cxx_flags(), *objects, str(lib), *link, "-o", str(exe)], capture_output=True,
-                       text=True)
+    r = subprocess.run([tc.cxx, *tc.cxx_flags(), *objects, str(lib.path), *link, "-o", str(exe)],
+                       capture_output=True, text=True)
+    for _ in range(2):  # the kernel sources that name what is missing, then the whole library
+        missed = sorted(set(re.findall(r"undefined reference to [`']([^']+)'", r.stderr))) if r.returncode else []
+        naming = _naming(tree, tc.kernels, missed) if missed and not lib.whole else []
+        if not naming:  # our own code's, or nothing a kernel source names: the link error stands
+            break
+        more = tuple(sorted(set(lib.also) | set(naming)))
+        grown = library(tree, tc, lib.ops, log=log, also=more) if more != lib.also else library(tree, tc, None, log=log)
+        log(f"the kernels-only TFLM library misses {', '.join(missed)}: linking again with "
+            + ("the whole library" if grown.whole else ", ".join(Path(n).name for n in naming)))
+        lib = grown
+        r = subprocess.run([tc.cxx, *tc.cxx_flags(), *objects, str(lib.path), *link, "-o", str(exe)],
+                           capture_output=True, text=True)
     if r.returncode:
         raise ExportError(f"{Path(tc.cxx).name} could not link {exe.name} against TFLM for {tc.platform.name}: "
                           f"{_first_error(r.stderr)}")
+    return lib
 
 
 def _check_self_test(rc: int, stdout: str, stderr: str, what: str) -> None:
@@ -293,7 +406,7 @@ def run_qemu(plat: hardware.Core, elf: Path, plugin: list[str] = ()) -> subproce
                           f"-M {plat.machine}: it hangs or faults in a loop") from None
 
 
-def _build_mcu(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path, log) -> dict:
+def _build_mcu(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Library, log) -> dict:
     plat = tc.platform
     t0 = time.monotonic()
     tag = f"{plat.name}-size" if tc.size else plat.name
@@ -302,7 +415,7 @@ def _build_mcu(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path, l
     elf = src_dir / f"{name}_{tag}.elf"
     map_file = work / f"{name}.map"
     sources = [str(src_dir / "main.cc"), str(src_dir / f"{name}_model_data.cc")]
-    _compile_link(tc, sources, src_dir, tree, lib, elf, _mcu_link_flags(tc, work, map_file))
+    lib = _compile_link(tc, sources, src_dir, tree, lib, elf, _mcu_link_flags(tc, work, map_file), log)
     log(f"running {elf.name} under qemu-system-arm -M {plat.machine}")
     run = run_qemu(plat, elf)
     _check_self_test(run.returncode, run.stdout, run.stderr, f"the {plat.name} firmware")
@@ -311,7 +424,7 @@ def _build_mcu(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path, l
     # RAM is then what it needs, not a 16 KiB guess; a stack that would not hold is never shipped
     stack = sized_stack(measured[0]) if measured else STACK_BYTES
     if stack < STACK_BYTES:
-        _compile_link(tc, sources, src_dir, tree, lib, elf, _mcu_link_flags(tc, work, map_file, stack))
+        lib = _compile_link(tc, sources, src_dir, tree, lib, elf, _mcu_link_flags(tc, work, map_file, stack), log)
         run = run_qemu(plat, elf)
         _check_self_test(run.returncode, run.stdout, run.stderr, f"the {plat.name} firmware with a {stack} B stack")
         again = _memory_used(run.stdout)
@@ -330,7 +443,8 @@ def _build_mcu(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path, l
     memory["stack_sizing"] = {"first_link_bytes": STACK_BYTES, "margin": "the run's high-water mark x 1.25 + 512 B, "
                               "rounded up to 256 B", "bytes": stack}
     lines = [ln for ln in run.stdout.splitlines() if not ln.startswith("tinysense-startup:")]
-    result = {"target": plat.name, "board": plat.note, "kernels": tc.kernels, "program": elf.name,
+    result = {"target": plat.name, "board": plat.note, "kernels": tc.kernels,
+              "tflm_sources": f"{lib.sources} of {lib.of}", "program": elf.name,
               "binary": binary.name, "self_test": f"{passed[0]} of {passed[1]}", "memory": memory,
               "output": lines[:12]}
     result["link_and_run_seconds"] = round(time.monotonic() - t0, 2)
@@ -422,14 +536,14 @@ def probe(src_dir: Path, name: str, tree: Path, target: str, emitted: int, kerne
     plat = tc.platform
     if not plat.is_mcu:
         raise ExportError(f"the arena probe runs on a Cortex-M target, not {target}")
-    lib = library(tree, tc, log=log)
+    lib = library(tree, tc, resolver_ops(src_dir / f"{name}_model_ops.h"), log=log)
     work = src_dir / f"build-{plat.name}{'-size' if size else ''}"
     work.mkdir(exist_ok=True)
     arena_max = min(max(4 * emitted, emitted + 64 * 1024), plat.ram[1] // 2)
     low, low_fails = max(1024, emitted // 4), False
     log(f"probing the smallest arena and counting instructions on {plat.name}")
     for _ in range(PROBE_RERUNS):
-        elf, run, log_file = _probe_run(src_dir, name, tree, tc, lib, work, arena_max, low, low_fails)
+        elf, run, log_file, lib = _probe_run(src_dir, name, tree, tc, lib, work, arena_max, low, low_fails, log)
         if re.search(r"^probe-arena: ", run.stdout, re.M) or run.returncode not in FAULT_EXITS:
             break
         tried = re.findall(r"^probe-try: (\d+)$", run.stdout, re.M)
@@ -446,15 +560,15 @@ PROBE_RERUNS = 8
 FAULT_EXITS = (1, 90)  # newlib's abort outside an attempt, and our start-up's fault handler
 
 
-def _probe_run(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path, work: Path, arena_max: int,
-               low: int, low_fails: bool):
+def _probe_run(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Library, work: Path, arena_max: int,
+               low: int, low_fails: bool, log=lambda *a: None):
     """Build the probe for one starting point and run it under QEMU with the counting plugin."""
     source = work / "probe.cc"
     source.write_text(Template(_support("probe.cc.tmpl")).substitute(
         name=name, arena_max=arena_max, arena_low=low, low_fails="true" if low_fails else "false"))
     elf = work / "probe.elf"
-    _compile_link(tc, [str(source), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, elf,
-                  _mcu_link_flags(tc, work, work / "probe.map"))
+    lib = _compile_link(tc, [str(source), str(src_dir / f"{name}_model_data.cc")], src_dir, tree, lib, elf,
+                        _mcu_link_flags(tc, work, work / "probe.map"), log)
     nm = subprocess.run([tc.cxx.replace("g++", "nm"), "-S", str(elf)], capture_output=True, text=True,
                         check=True).stdout
     marks = re.finditer(r"^([0-9a-f]+) (?:[0-9a-f]+ )?T (tinysense_(?:insn|op)_\w+)$", nm, re.M)
@@ -466,7 +580,7 @@ def _probe_run(src_dir: Path, name: str, tree: Path, tc: Toolchain, lib: Path, w
               f"op_begin={addr['tinysense_op_begin']:#x},op_end={addr['tinysense_op_end']:#x},ranges={ranges}",
               "-d", "plugin", "-D", str(log_file)]
     log_file.unlink(missing_ok=True)
-    return elf, run_qemu(tc.platform, elf, plugin), log_file
+    return elf, run_qemu(tc.platform, elf, plugin), log_file, lib
 
 
 def _probe_result(plat: hardware.Core, tc: Toolchain, run: subprocess.CompletedProcess, log_file: Path) -> dict:

@@ -39,8 +39,8 @@ def parser() -> argparse.ArgumentParser:
                         "plus 1%%), whole-firmware flash and RAM, and instructions per inference. Needs --tflm-tree")
     p.add_argument("--size", action="store_true",
                    help="with a Cortex-M --build: also build the smallest firmware that still passes its self-test "
-                        "(TFLM and main.cc for size without TFLM's error strings, a library of its own compiled once; "
-                        "the stack sized from its run) and print its flash, RAM and instructions beside the full "
+                        "(without TFLM's error strings, TFLM's runtime and main.cc at -Os and its kernels at -O2, a "
+                        "library of its own compiled once) and print its flash, RAM and instructions beside the full "
                         "build's")
     p.add_argument("--kernels", choices=KERNELS,
                    help="TFLM kernels on a Cortex-M target (default cmsis-nn; the host builds reference)")
@@ -49,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
                         "package (in a child process), the TFLM built here from --tflm-tree (host, reference kernels), "
                         "or auto (default): the package, and the one built here when the package crashes on the model "
                         "or is not installed")
+    p.add_argument("--arena-plan", choices=("auto", "greedy"), default="auto",
+                   help="auto (default): our own arena plan, written into the model as its OfflineMemoryAllocation "
+                        "metadata, where it needs less than TFLM's greedy plan and TFLM accepts it (a smaller arena, "
+                        "the same outputs); greedy: TFLM plans the arena itself")
     p.add_argument("--tflm-tree", type=Path,
                    help="a standalone TFLM source tree from create_tflm_tree.py (default: $TFLM_TREE)")
     p.add_argument("--layout", choices=LAYOUTS,
@@ -75,7 +79,7 @@ def export_from(args) -> int:
                     ram_kb=args.ram_kb, force=args.force, compile_check=not args.no_compile,
                     margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
                     tflm_tree=args.tflm_tree, kernels=args.kernels, log=lambda *a: print(*a, file=sys.stderr),
-                    tflm_oracle=args.tflm, size=args.size)
+                    tflm_oracle=args.tflm, size=args.size, plan=args.arena_plan)
     _summary(result)
     return 0
 
@@ -102,7 +106,7 @@ def _board_project(args) -> int:
                         flash_kb=args.flash_kb, ram_kb=args.ram_kb, compile_check=not args.no_compile,
                         margin_percent=args.margin, inputs=args.inputs, build=tuple(args.build),
                         tflm_tree=args.tflm_tree, kernels=args.kernels, log=log, tflm_oracle=args.tflm,
-                        size=args.size)
+                        size=args.size, plan=args.arena_plan)
         with output.staged() as stage:
             project = boards.write_project(result.out, stage, result.report["name"], args.layout, b.project)
             relative = project.relative_to(stage)
@@ -128,6 +132,13 @@ def _summary(result) -> None:
         arena = (f"arena {r['arena_bytes']} B (smallest that runs in TFLM here {r['arena_smallest_host_bytes']} B "
                  f"+ {r['arena_margin_percent']:g}%; the recording allocator reported {r['arena_recorded_bytes']} B)")
     print(f"  model {r['model_bytes']} B, {flash}, {arena}")
+    ap = r["arena_plan"]
+    if ap.get("used"):
+        print(f"  arena plan: ours (OfflineMemoryAllocation metadata): activations {ap['bytes']} B where TFLM's "
+              f"greedy plan takes {ap['greedy_bytes']} B ({ap['versus_greedy']:.2f}x; lower bound "
+              f"{ap['lower_bound_bytes']} B); arena {ap['arena_bytes']} B here against {ap['greedy_arena_bytes']} B")
+    elif ap.get("why"):
+        print(f"  arena plan: TFLM's own ({ap['why']})")
     print(f"  measured and checked by {par['tflm']}")
     for key, label in (("tflm_vs_litert_reference", "LiteRT reference"), ("tflm_vs_litert_default", "LiteRT default")):
         c = par[key]
@@ -158,7 +169,7 @@ def _summary(result) -> None:
             m = z["memory"]
             insns = f"{z['instructions_per_inference']} instructions ({(v['instructions'] - 1) * 100:+.1f}%)" \
                 if v["instructions"] else "instructions unknown"
-            print(f"    smallest build ({', '.join(z['flags'])}, stack sized): self-test {z['self_test']}; flash "
+            print(f"    smallest build ({', '.join(z['flags'])}): self-test {z['self_test']}; flash "
                   f"{m['flash_bytes']} B ({v['flash']:.2f}x; TFLM {m['flash']['tflm']}), RAM {m['ram_bytes']} B "
                   f"({v['ram']:.2f}x), {insns}")
         if "latency_estimate" in b:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from contract.preprocess import Preprocessor
 from contract.quant import quantize
 from contract.runtime import Model, TensorInfo, open_bundle
 
-from . import ExportError, compile as cc, generate, hardware, tflm
+from . import ExportError, compile as cc, generate, hardware, plan as arena_plan, tflm
 
 ARENA_MARGIN_PERCENT = 5.0
 MEASURED_MARGIN_PERCENT = 1.0  # over the smallest arena measured on the target itself
@@ -151,8 +152,11 @@ def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, ta
            flash_kb: int | None = None, ram_kb: int | None = None, force: bool = False, compile_check: bool = True,
            build: tuple = (), tflm_tree=None, kernels: str | None = None, log=lambda *a: None,
            margin_percent: float = ARENA_MARGIN_PERCENT, inputs: Path | None = None,
-           tflm_oracle: str = "auto", size: bool = False, size_opt: str | None = None) -> ExportResult:
+           tflm_oracle: str = "auto", size: bool = False, size_opt: str | None = None,
+           plan: str = "auto", plan_lost: dict | None = None) -> ExportResult:
     board = hardware.preset(target) if target is not None else None
+    if plan not in PLANS:
+        raise ExportError(f"unknown arena plan {plan!r}: choose from {', '.join(PLANS)}")
     output = out if isinstance(out, atomic.OutputDir) else atomic.OutputDir(out, force)  # the one check
     src = read_source(path)
     ident = generate.sanitise(name or src.default_name)
@@ -163,14 +167,15 @@ def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, ta
     with tempfile.TemporaryDirectory(prefix="tinysense-tflm-") as work:
         # the package in a child process, or TFLM built here when the package crashes on the model;
         # raises with TFLM's own reason when it cannot run the model
-        oracle = tflm.oracle(src.model, info, tflm_tree, Path(work), m_out, log, tflm_oracle)
-        recorded = oracle.recorded_arena(xs[0])
-        # the recorded total can miss the planner's scratch memory (tiny activations): use what works
-        smallest = oracle.smallest_arena(xs[0], recorded)
-        arena = arena_size(max(recorded, smallest), margin_percent)
-        outputs = oracle.outputs(xs, arena)  # the emitted figure must be enough by itself
-        checks = parity(src.model, outputs, xs)
-        diverging = oracle.diverging(xs)
+        measured = _measure(src.model, info, tflm_tree, Path(work) / "greedy", m_out, log, tflm_oracle, xs,
+                            margin_percent)
+        model, planned = _plan(src.model, info, tflm_tree, Path(work) / "planned", m_out, log, tflm_oracle, xs,
+                               margin_percent, measured, plan, plan_lost)
+        oracle, recorded, smallest, arena, outputs = planned[1] if planned[1] else measured
+        checks = parity(model, outputs, xs)
+        # per operator against LiteRT: the kernels' doing, not the plan's (and TFLM keeps every tensor
+        # only with a plan of its own), so with TFLM's plan
+        diverging = measured[0].diverging(xs)
     checks["diverging_ops"] = diverging or []
     checks["tflm"] = oracle.what
     if diverging is None:
@@ -194,40 +199,119 @@ def export(path: Path, out: Path | atomic.OutputDir, name: str | None = None, ta
         output_scale=m_out.scale, output_zero_point=m_out.zero_point,
         labels=labels, is_classifier=is_classifier, mean=as_tuple(pre.mean) if pre else (0.0,),
         std=as_tuple(pre.std) if pre else (1.0,))
-    digest = sha256(src.model)
+    digest = sha256(model)
     source_name = src.path.name if not src.bundle else f"{src.path.name}/model.tflite"
+    if model is not src.model:
+        source_name += " with our arena plan as its OfflineMemoryAllocation metadata"
     files = {
-        **generate.model_data(ident, src.model, source_name, digest),
+        **generate.model_data(ident, model, source_name, digest),
         **generate.model_ops(ident, info.op_names, source_name),
         **generate.model_config(ident, cfg, source_name),
         **generate.golden(ident, g_in, g_out, [truth[i] for i in pick], source_name),
         **generate.entry_points(ident),
     }
-    report = {"name": ident, "source": str(src.path), "model_bytes": len(src.model), "sha256": digest,
+    report = {"name": ident, "source": str(src.path), "model_bytes": len(model), "sha256": digest,
+              "source_sha256": sha256(src.model), "arena_plan": planned[0],
               "ops": info.op_names, "arena_bytes": arena, "arena_recorded_bytes": recorded,
               "arena_smallest_host_bytes": smallest,
               "arena_margin_percent": margin_percent, "target": target, "parity": checks,
               "golden": {"count": len(pick), "tolerance_steps": 1}, "files": sorted(files)}
-    with output.staged() as stage:
-        for fname, text in files.items():
-            (stage / fname).write_text(text)
-        if compile_check:
-            cc.host_roundtrip(stage, ident, src.model)
-            sections = cc.arm_sections(stage, ident, board.cpu if board else "cortex-m4")
-            report["sections"] = sections
-            report["flash_bytes"] = cc.flash_bytes(sections)
-            if sections["data"] >= len(src.model):
-                raise ExportError("the model landed in .data (RAM), not flash: the array lost its const")
-        else:
-            report["flash_bytes"] = None
-        if build:
-            _build(stage, ident, cfg, source_name, report, build, kernels, tflm_tree, log,
-                   board, info, size, size_opt)
-        elif size:
-            raise ExportError("--size builds the smallest firmware: give it with --build cortex-m4 (or another core)")
-        _check_budget(report, target, flash_kb, ram_kb)
-        (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        with output.staged() as stage:
+            _write(stage, files, report, ident, model, compile_check, board, build, cfg, source_name, kernels,
+                   tflm_tree, log, info, size, size_opt, target, flash_kb, ram_kb,
+                   src.model if model is not src.model else None)
+    except PlanLost as e:  # on a core, TFLM needs more with our plan than with its own: export it without
+        log(f"arena plan: ours was not used: {e}; TFLM plans the arena itself")
+        return export(path, output, name, target, flash_kb, ram_kb, force, compile_check, build, tflm_tree, kernels,
+                      log, margin_percent, inputs, tflm_oracle, size, size_opt, "greedy",
+                      {**report["arena_plan"], "used": False, "why": str(e)})
     return ExportResult(output.path, report)
+
+
+class PlanLost(ExportError):
+    """Our arena plan needs more arena than TFLM's own on a Cortex-M core (its kernels' scratch)."""
+
+
+def _write(stage: Path, files: dict, report: dict, ident: str, model: bytes, compile_check: bool, board, build,
+           cfg, source_name: str, kernels, tflm_tree, log, info, size: bool, size_opt, target, flash_kb, ram_kb,
+           original: bytes | None) -> None:
+    """The export's files into the staged folder: sources, the compile check, the builds, export.json.
+    ``original``: the model as it came, when ``model`` carries our arena plan."""
+    for fname, text in files.items():
+        (stage / fname).write_text(text)
+    if compile_check:
+        cc.host_roundtrip(stage, ident, model)
+        sections = cc.arm_sections(stage, ident, board.cpu if board else "cortex-m4")
+        report["sections"] = sections
+        report["flash_bytes"] = cc.flash_bytes(sections)
+        if sections["data"] >= len(model):
+            raise ExportError("the model landed in .data (RAM), not flash: the array lost its const")
+    else:
+        report["flash_bytes"] = None
+    if build:
+        _build(stage, ident, cfg, source_name, report, build, kernels, tflm_tree, log,
+               board, info, size, size_opt, original)
+    elif size:
+        raise ExportError("--size builds the smallest firmware: give it with --build cortex-m4 (or another core)")
+    _check_budget(report, target, flash_kb, ram_kb)
+    (stage / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+PLANS = ("auto", "greedy")  # --arena-plan: ours where it beats TFLM's greedy plan and TFLM accepts it, or TFLM's
+
+
+def _measure(model: bytes, info, tree, work: Path, m_out: TensorInfo, log, choice: str, xs: np.ndarray,
+             margin_percent: float) -> tuple:
+    """TFLM's oracle for these bytes, its recorded and smallest arena (bytes), the arena to emit and
+    TFLM's outputs at exactly that arena."""
+    work.mkdir()
+    oracle = tflm.oracle(model, info, tree, work, m_out, log, choice)
+    recorded = oracle.recorded_arena(xs[0])
+    # the recorded total can miss the planner's scratch memory (tiny activations): use what works
+    smallest = oracle.smallest_arena(xs[0], recorded)
+    arena = arena_size(max(recorded, smallest), margin_percent)
+    return oracle, recorded, smallest, arena, oracle.outputs(xs, arena)  # the emitted figure must be enough
+
+
+def _plan(model: bytes, info, tree, work: Path, m_out: TensorInfo, log, choice: str, xs: np.ndarray,
+          margin_percent: float, greedy: tuple, wanted: str,
+          lost: dict | None = None) -> tuple[bytes, tuple[dict, tuple | None]]:
+    """Our arena plan, where it needs less than TFLM's greedy one and TFLM accepts it: the model then
+    carries it as OfflineMemoryAllocation metadata. Accepted means TFLM here allocates the planned
+    model in a smaller arena than the greedy one and gives the very same outputs on every input (and,
+    with a Cortex-M --build, needs no more arena on any core: _build). Anything else keeps TFLM's own
+    plan; the report says why, and a plan that beat greedy and was refused gets a line of its own."""
+    if wanted == "greedy":
+        return model, (lost or {"used": False, "why": "--arena-plan greedy"}, None)
+    try:
+        ours = arena_plan.best_plan(model)
+    except ExportError as e:
+        return model, ({"used": False, "why": str(e)}, None)
+    report = {"used": False, **ours.summary(), "greedy_arena_bytes": greedy[3]}
+    if not ours.beats_greedy:
+        report["why"] = ("TFLM's greedy plan is already the best found" + (" (at the lower bound)"
+                         if ours.greedy_bytes == ours.lower_bound else ""))
+        return model, (report, None)
+    try:
+        candidate = arena_plan.with_plan(model, ours)
+    except ExportError as e:
+        return model, ({**report, "why": str(e)}, None)
+    try:
+        planned = _measure(candidate, info, tree, work, m_out, log, choice, xs, margin_percent)
+    except ExportError as e:
+        why = f"TFLM refused it ({e})"
+    else:
+        if not np.array_equal(planned[4], greedy[4]):
+            why = "TFLM's outputs with it differ from those with its own plan"
+        elif planned[3] >= greedy[3]:
+            why = f"TFLM needs {planned[3]} B with it, against {greedy[3]} B with its own plan"
+        else:
+            report.update(used=True, arena_bytes=planned[3])
+            return candidate, (report, planned)
+    report["why"] = why
+    log(f"arena plan: ours was not used: {why}; TFLM plans the arena itself")
+    return model, (report, None)
 
 
 def measured_arena(min_bytes: int) -> int:
@@ -237,9 +321,12 @@ def measured_arena(min_bytes: int) -> int:
 
 def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, report: dict, targets: tuple,
            kernels: str | None, tflm_tree, log, target_board: hardware.Board | None = None,
-           info: tflite.ModelInfo | None = None, size: bool = False, size_opt: str | None = None) -> None:
+           info: tflite.ModelInfo | None = None, size: bool = False, size_opt: str | None = None,
+           original: bytes | None = None) -> None:
     """Probe every Cortex-M target for its smallest arena and its per-operator cost, emit the 32-bit
-    arena from that, then build and run the firmware on each target with the emitted figure."""
+    arena from that, then build and run the firmware on each target with the emitted figure. With
+    ``original`` (the model carries our arena plan), the original is probed on each core too, and
+    PlanLost is raised where it needs less arena there than the planned one."""
     from . import build as builder, profile
 
     tree = builder.find_tree(tflm_tree)
@@ -249,6 +336,14 @@ def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, repo
         builder.toolchain(t, kernels if mcu[t] else None)
     probes = {t: builder.probe(stage, ident, tree, t, cfg.arena_bytes, kernels, log=log)
               for t in targets if mcu[t]}
+    if original is not None and probes:
+        theirs = _greedy_on_target(stage, ident, original, tree, tuple(probes), cfg.arena_bytes, kernels, log)
+        report["arena_plan"]["on_target"] = {t: {"arena_min_bytes": p["arena_min_bytes"],
+                                                 "greedy_arena_min_bytes": theirs[t]} for t, p in probes.items()}
+        for t, p in probes.items():
+            if p["arena_min_bytes"] > theirs[t]:
+                raise PlanLost(f"on {t} TFLM needs {p['arena_min_bytes']} B with it, against {theirs[t]} B with its "
+                               "own plan (its kernels' scratch buffers, placed around ours)")
     if probes:
         worst = max(probes.values(), key=lambda p: p["arena_min_bytes"])
         arena = measured_arena(worst["arena_min_bytes"])
@@ -295,6 +390,22 @@ def _build(stage: Path, ident: str, cfg: generate.Config, source_name: str, repo
         report["build"][t] = result
 
 
+def _greedy_on_target(stage: Path, ident: str, original: bytes, tree, targets: tuple, arena: int,
+                      kernels: str | None, log) -> dict[str, int]:
+    """The smallest arena (bytes) the model as it came, TFLM planning it, allocates in on each core."""
+    from . import build as builder
+
+    with tempfile.TemporaryDirectory(prefix="tinysense-greedy-") as tmp:
+        work = Path(tmp)
+        for f in stage.iterdir():
+            if f.suffix in (".h", ".cc"):
+                shutil.copy(f, work / f.name)
+        for fname, text in generate.model_data(ident, original, "the model as it came", sha256(original)).items():
+            (work / fname).write_text(text)
+        log("probing the model with TFLM's own arena plan too, on each core")
+        return {t: builder.probe(work, ident, tree, t, arena, kernels)["arena_min_bytes"] for t in targets}
+
+
 def _size_build(stage: Path, ident: str, tree, target: str, kernels: str | None, arena: int, full: dict, log,
                 opt: str) -> dict:
     """--size: the same firmware with TFLM and main.cc compiled for size without TFLM's error strings
@@ -302,12 +413,15 @@ def _size_build(stage: Path, ident: str, tree, target: str, kernels: str | None,
     probe counts its instructions. Figures beside the full build's."""
     from . import build as builder
 
-    log(f"building the smallest firmware for {target} ({opt}, {' '.join(builder.SIZE_DEFINES)})")
+    log(f"building the smallest firmware for {target} (the runtime {opt.replace('-all', '')}, "
+        f"{' '.join(builder.SIZE_DEFINES)})")
     p = builder.probe(stage, ident, tree, target, arena, kernels, log=log, size=True, opt=opt)
     b = builder.build(stage, ident, tree, target, kernels, log=log, size=True, opt=opt)
     mem, was = b["memory"], full["memory"]
     insns, before = p["instructions_per_inference"], full["probe"]["instructions_per_inference"]
-    return {"flags": [opt, *builder.SIZE_DEFINES], "program": b["program"], "binary": b["binary"],
+    runtime_opt, kernels_opt = ("-Os", "-Os") if opt == "-Os-all" else (opt, "-O2")
+    return {"flags": [f"{runtime_opt} (TFLM's runtime, main.cc)", f"{kernels_opt} (kernels)", *builder.SIZE_DEFINES],
+            "program": b["program"], "binary": b["binary"],
             "self_test": b["self_test"], "memory": mem, "arena_min_bytes": p["arena_min_bytes"],
             "instructions_per_inference": insns,
             "versus_full": {"flash": round(mem["flash_bytes"] / was["flash_bytes"], 4),

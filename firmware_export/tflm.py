@@ -316,9 +316,9 @@ class HostOracle:
         source.write_text(Template((Path(__file__).parent / "host" / "oracle.cc.tmpl").read_text()).substitute(
             name="oracle"))
         tc = build.toolchain("host")
-        lib = build.library(tree, tc, log=log)
+        lib = build.library(tree, tc, build.resolver_ops(work / "oracle_model_ops.h"), log=log)
         self.exe = work / "oracle"
-        build._compile_link(tc, [str(source)], work, tree, lib, self.exe, ["-rdynamic"])
+        build._compile_link(tc, [str(source)], work, tree, lib, self.exe, ["-rdynamic"], log)
         self.model, self.info = model, info
 
     def _run(self, xs: np.ndarray, *args: str) -> str:

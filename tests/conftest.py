@@ -139,3 +139,13 @@ def int8_autoencoder(path: Path) -> Path:
     m = keras.Sequential([L.Input((640,)), L.Dense(16, activation="relu"), L.Dense(8, activation="relu"),
                           L.Dense(16, activation="relu"), L.Dense(640)])
     return full_int8(m, path, 100)
+
+
+def int8_mobilenet(path: Path, size: int = 32) -> Path:
+    """build_model's MobileNet-style net (width 0.25) on size x size x 3, untrained, full int8: a
+    straight line of layers where TFLM's greedy arena plan is 1.33x the lower bound."""
+    from build_model import archs
+    from build_model.tf import keras
+
+    keras.utils.set_random_seed(0)
+    return full_int8(archs.mobilenet((size, size, 3), 2, 0.25), path, 20)
