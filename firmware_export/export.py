@@ -290,8 +290,8 @@ def _plan(model: bytes, info, tree, work: Path, m_out: TensorInfo, log, choice: 
         return model, ({"used": False, "why": str(e)}, None)
     report = {"used": False, **ours.summary(), "greedy_arena_bytes": greedy[3]}
     if not ours.beats_greedy:
-        report["why"] = ("TFLM's greedy plan is already the best found" + (" (at the lower bound)"
-                         if ours.greedy_bytes == ours.lower_bound else ""))
+        report["why"] = ("TFLM's greedy plan is at the lower bound already" if ours.greedy_bytes == ours.lower_bound
+                         else "ours is no smaller than TFLM's greedy plan")
         return model, (report, None)
     try:
         candidate = arena_plan.with_plan(model, ours)
