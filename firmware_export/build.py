@@ -279,7 +279,9 @@ def _naming(tree: Path, kernels: str, symbols: list[str]) -> list[str]:
 
 
 def _first_error(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if "error" in ln] or text.strip().splitlines() or ["?"]
+    """The compiler's or linker's first line that says what went wrong (not collect2's summary)."""
+    lines = [ln.strip() for ln in text.splitlines() if "error" in ln and not ln.startswith("collect2")] or \
+        text.strip().splitlines() or ["?"]
     return lines[0][:200]
 
 
@@ -347,6 +349,13 @@ def _compile_link(tc: Toolchain, sources: list[str], src_dir: Path, tree: Path, 
         lib = grown
         r = subprocess.run([tc.cxx, *tc.cxx_flags(), *objects, str(lib.path), *link, "-o", str(exe)],
                            capture_output=True, text=True)
+    over = re.findall(r"region [`']?(\w+)'? overflowed by (\d+) bytes", r.stderr) if r.returncode else []
+    if over:
+        plat = tc.platform
+        raise ExportError(f"the firmware does not fit {plat.name}'s memory ({plat.note}: {plat.flash[1] // 1024} KiB "
+                          f"flash, {plat.ram[1] // 1024} KiB RAM): "
+                          + ", ".join(f"{region} overflowed by {int(n):,} B" for region, n in over)
+                          + "; build it for a core with more, or make the model smaller")
     if r.returncode:
         raise ExportError(f"{Path(tc.cxx).name} could not link {exe.name} against TFLM for {tc.platform.name}: "
                           f"{_first_error(r.stderr)}")

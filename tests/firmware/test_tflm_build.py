@@ -361,3 +361,19 @@ def test_a_plan_that_needs_more_arena_on_a_core_is_dropped_and_the_export_says_w
     assert r["sha256"] == r["source_sha256"] and r["build"]["cortex-m4"]["self_test"] == "5 of 5"
     assert any(s.startswith("arena plan: ours was not used: on cortex-m4 TFLM needs") for s in said)
     assert json.loads((tmp_path / "fw" / "export.json").read_text())["arena_plan"] == ap
+
+
+def test_a_model_too_big_for_the_cores_board_is_one_line_saying_by_how_much(tmp_path):
+    """600 KB of int8 weights on the M55's board (512 KiB of ITCM stands in for flash): the link
+    fails, and the export says which region overflowed by how much, not 'ld returned 1'."""
+    from build_model.tf import keras
+
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.layers.Input((1024,)), keras.layers.Dense(600)])
+    model = full_int8(net, tmp_path / "big.tflite", 10)
+    with pytest.raises(ExportError) as e:
+        export(model, tmp_path / "fw", build=("cortex-m55",), tflm_tree=TREE)
+    said = str(e.value)
+    assert said.startswith("the firmware does not fit cortex-m55's memory (") and "512 KiB flash" in said
+    assert re.search(r"FLASH overflowed by [\d,]+ B; build it for a core with more", said), said
+    assert not (tmp_path / "fw").exists()
